@@ -1,0 +1,1 @@
+"""Data layer: cohort manifests, modality readers, patient bags and the DataModule."""

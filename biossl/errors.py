@@ -1,0 +1,34 @@
+"""Exceptions for bad user input.
+
+Every problem with what a user handed us (a manifest row, a slide, a table, a config value) raises
+:class:`InputError` or a subclass. The message names the file, the patient or the column, and says
+what to do. The CLI turns these into one line on stderr and exit code 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A problem with user input; the message says which input and how to fix it."""
+
+    exit_code = 2
+
+
+class ManifestError(InputError):
+    """A cohort manifest or labels table is malformed."""
+
+
+class SlideError(InputError):
+    """A whole-slide image cannot be read or tiled."""
+
+
+class VolumeError(InputError):
+    """A 3D scan (NIfTI or DICOM series) cannot be read."""
+
+
+class ExpressionError(InputError):
+    """An expression table or AnnData file is malformed."""
+
+
+class SequenceError(InputError):
+    """A DNA sequence file is malformed."""
