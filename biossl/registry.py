@@ -6,6 +6,8 @@ Names read like ``"tile/vit_small"`` or ``"objective/vicreg"``; a miss lists the
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -17,11 +19,24 @@ class Registry(Generic[T]):
 
     Args:
         kind: What the registry holds, used in error messages (for example ``"encoder"``).
+        package: A package whose sub-modules register into this registry; they are imported on the
+            first lookup, so a new file needs no edit anywhere else to be found.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, package: str | None = None) -> None:
         self.kind = kind
+        self.package = package
         self._items: dict[str, Callable[..., T]] = {}
+        self._loaded = package is None
+
+    def _load(self) -> None:
+        if self._loaded or self.package is None:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator that registers a factory under ``name``."""
@@ -36,10 +51,12 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Sorted list of registered names."""
+        self._load()
         return sorted(self._items)
 
     def get(self, name: str) -> Callable[..., T]:
         """Return the factory for ``name``; raise ``KeyError`` listing the known names on a miss."""
+        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -54,4 +71,5 @@ class Registry(Generic[T]):
         return self.get(name)(**kwargs)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items

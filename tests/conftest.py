@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
-    """Folder of small real test files committed in the repo (sources in its README)."""
+    """Folder of small real test files committed in the repo (``tests/fixtures``; sources in its READMEs)."""
     return FIXTURES
 
 
