@@ -21,12 +21,17 @@ VERBS: dict[str, str] = {
     "tile": "tile",
     "cohort": "cohort",
     "demo": "demo",
+    "pretrain": "pretrain",
 }
+
+#: verbs that parse their own arguments (LightningCLI): ``main(argv) -> int``.
+PASSTHROUGH: frozenset[str] = frozenset({"pretrain"})
 
 _HELP: dict[str, str] = {
     "tile": "detect tissue and write tile coordinates (HDF5) and a thumbnail per slide",
     "cohort": "validate a cohort manifest and print patients x modalities",
     "demo": "run the whole chain on the bundled demo cohort",
+    "pretrain": "joint multimodal self-supervised pretraining (LightningCLI; --config, --print_config)",
 }
 
 
@@ -45,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``biossl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return _passthrough(argv[0], argv[1:])
     parser = build_parser()
     # Parse once to find the verb, then let the verb's module add its own arguments.
     verb = next((a for a in argv if a in VERBS), None)
@@ -69,6 +76,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"biossl {args._verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _passthrough(verb: str, rest: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    module = importlib.import_module(f"biossl.commands.{VERBS[verb]}")
+    try:
+        return int(module.main(rest) or 0)
+    except InputError as exc:
+        print(f"biossl {verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"biossl {verb}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,0 +1,1 @@
+"""LightningModules (the only place Lightning training code lives) and their callbacks."""

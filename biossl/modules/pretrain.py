@@ -1,0 +1,209 @@
+"""Joint multimodal pretraining: masked objectives per modality plus cross-modal contrastive loss.
+
+For each modality present in a batch the module
+
+1. flattens the patients' bags to instances and computes that modality's masked loss (MAE on tiles
+   and volume patches, masked gene and nucleotide modelling),
+2. embeds the instances, projects them to a shared width and pools each patient's bag with
+   attention-MIL into one patient-modality embedding,
+
+then scores every pair of modalities with a CLIP-style InfoNCE loss, in which patients who lack one
+modality of the pair are masked out (never dropped). The total is a weighted sum; every term is
+logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from biossl.data import keys
+from biossl.encoders import ENCODERS
+from biossl.encoders.base import ModalityModel
+from biossl.encoders.pooling import GatedAttentionMIL
+from biossl.objectives.clip import MultiModalCLIP
+
+logger = logging.getLogger(__name__)
+
+
+class PretrainModule(pl.LightningModule):
+    """Train every present modality jointly.
+
+    Args:
+        modalities: Per modality, ``{"encoder": <registry name>, **encoder kwargs}``. The expression
+            encoder's ``n_genes`` and the sequence encoder's ``max_len`` are filled in from the data
+            when absent.
+        embed_dim: Width of the shared space where patient-modality embeddings are compared.
+        masked_weight: Weight of each modality's masked loss (a number, or one per modality).
+        contrastive_weight: Weight of the cross-modal contrastive loss.
+        lr: Peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps before the cosine decay.
+        total_steps: Length of the cosine schedule; ``None`` uses the trainer's estimate.
+        compile: Wrap each encoder in ``torch.compile``.
+        seed: Seed of the per-step masking randomness (makes resumed runs equal to uninterrupted ones).
+    """
+
+    def __init__(
+        self,
+        modalities: dict[str, dict[str, Any]],
+        *,
+        embed_dim: int = 128,
+        masked_weight: float | dict[str, float] = 1.0,
+        contrastive_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 10,
+        total_steps: int | None = None,
+        compile: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        unknown = set(modalities) - set(keys.MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {', '.join(keys.MODALITIES)}")
+        for m, spec in modalities.items():
+            if "encoder" not in spec:
+                raise ValueError(f"modality {m!r}: give an 'encoder' name; known: {', '.join(ENCODERS.names())}")
+        self.save_hyperparameters()
+        self.modality_specs = {m: dict(s) for m, s in modalities.items()}
+        self.embed_dim = embed_dim
+        self.masked_weight = masked_weight
+        self.contrastive_weight = contrastive_weight
+        self.seed = seed
+        self.encoders = nn.ModuleDict()
+        self.projections = nn.ModuleDict()
+        self.pools = nn.ModuleDict()
+        self.contrastive = MultiModalCLIP(list(modalities)) if len(modalities) >= 2 else None
+        #: Extra state saved in checkpoints (gene vocabulary, tokeniser, data fingerprint).
+        self.data_state: dict[str, Any] = {}
+
+    # -- model construction ---------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build encoders once the data (gene vocabulary) is known; idempotent."""
+        if len(self.encoders):
+            return
+        self._fill_from_data()
+        for m, spec in self.modality_specs.items():
+            kwargs = {k: v for k, v in spec.items() if k != "encoder"}
+            enc = ENCODERS.build(spec["encoder"], **kwargs)
+            if not isinstance(enc, ModalityModel):
+                raise TypeError(f"encoder {spec['encoder']!r} does not return a ModalityModel")
+            self.encoders[m] = torch.compile(enc) if self.hparams["compile"] else enc
+            self.projections[m] = nn.Linear(enc.embed_dim, self.embed_dim)
+            self.pools[m] = GatedAttentionMIL(self.embed_dim)
+
+    def _fill_from_data(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        vocab = getattr(dm, "vocabulary", None)
+        if vocab is not None:
+            self.data_state["vocabulary"] = list(vocab.genes)
+        if dm is not None and getattr(dm, "cohort", None) is not None:
+            self.data_state["data_fingerprint"] = dm.cohort.fingerprint()
+            self.data_state["bag_spec"] = dict(vars(dm.spec))
+        if keys.EXPRESSION in self.modality_specs and "vocabulary" in self.data_state:
+            self.modality_specs[keys.EXPRESSION].setdefault("n_genes", len(self.data_state["vocabulary"]))
+        if keys.SEQUENCE in self.modality_specs and dm is not None:
+            self.modality_specs[keys.SEQUENCE].setdefault("max_len", dm.spec.window_length)
+            self.data_state["tokeniser"] = {"alphabet": keys.NUCLEOTIDES, "pad": keys.PAD_TOKEN,
+                                            "mask": keys.MASK_TOKEN, "vocab_size": keys.VOCAB_SIZE}
+        self.data_state["modality_specs"] = {m: dict(s) for m, s in self.modality_specs.items()}
+
+    # -- forward --------------------------------------------------------------------------------
+    def encode_batch(
+        self, batch: dict[str, Any], *, with_masked_loss: bool = True
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Return (patient-modality embeddings [B, D], present masks [B], masked losses) per modality."""
+        pooled: dict[str, torch.Tensor] = {}
+        present: dict[str, torch.Tensor] = {}
+        masked: dict[str, torch.Tensor] = {}
+        for m in self.modality_specs:
+            if m not in batch:
+                continue
+            entry = batch[m]
+            x, mask = entry[keys.X], entry[keys.MASK]
+            b, k = mask.shape
+            xi = x[mask]
+            gm = entry[keys.GENE_MASK][mask] if keys.GENE_MASK in entry else None
+            enc = self.encoders[m]
+            if with_masked_loss:
+                masked[m] = enc.masked_loss(xi, gene_mask=gm)
+            z = self.projections[m](enc.embed(xi, gene_mask=gm))
+            bag = z.new_zeros((b, k, z.shape[-1]))
+            bag[mask] = z
+            pooled[m], _ = self.pools[m](bag, mask)
+            present[m] = entry[keys.PRESENT]
+        return pooled, present, masked
+
+    def _weight(self, m: str) -> float:
+        w = self.masked_weight
+        return float(w.get(m, 1.0)) if isinstance(w, dict) else float(w)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """One joint step; logs ``train/loss``, ``train/masked/<m>`` and ``train/clip/<a>-<b>``."""
+        # Masking randomness is a function of the step, so a resumed run draws what an
+        # uninterrupted one would have.
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step * 101 + self.global_rank)
+        pooled, present, masked = self.encode_batch(batch)
+        total = sum((self._weight(m) * v for m, v in masked.items()), torch.zeros((), device=self.device))
+        bsz = len(batch["patient_id"])
+        for m, v in masked.items():
+            self.log(f"train/masked/{m}", v, batch_size=bsz, prog_bar=False)
+        if self.contrastive is not None:
+            c_total, pairs = self.contrastive(pooled, present)
+            total = total + self.contrastive_weight * c_total
+            self.log("train/contrastive", c_total, batch_size=bsz)
+            for name, v in pairs.items():
+                self.log(f"train/{name}", v, batch_size=bsz)
+        self.log("train/loss", total, batch_size=bsz, prog_bar=True)
+        return total
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        """AdamW with linear warm-up and cosine decay, stepped every optimiser step."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams["weight_decay"]},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams["lr"],
+        )
+        total = self.hparams["total_steps"] or int(self.trainer.estimated_stepping_batches)
+        warm = max(0, int(self.hparams["warmup_steps"]))
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- resumability and checkpoint content ------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Tell a resumable loader how many batches of this epoch training has consumed."""
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "consumed"):
+            loader.consumed = batch_idx + 1
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the gene vocabulary, tokeniser, data fingerprint and resolved specs."""
+        from biossl import __version__
+
+        checkpoint["biossl"] = {"version": __version__, **self.data_state}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Rebuild encoders from the checkpoint's resolved specs before weights are loaded."""
+        state = checkpoint.get("biossl", {})
+        self.data_state.update(state)
+        specs = state.get("modality_specs")
+        if specs and not len(self.encoders):
+            self.modality_specs = {m: dict(s) for m, s in specs.items()}
