@@ -12,30 +12,70 @@ from biossl.data import keys
 
 logger = logging.getLogger(__name__)
 
+REPO = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO / "configs" / "pretrain" / "demo.yaml"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's options."""
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
     parser.add_argument("--manifest", type=Path, default=None, help="another cohort's manifest (default: the demo)")
+    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="pretraining config")
+    parser.add_argument("--max-steps", type=int, default=None, help="override the config's trainer.max_steps")
+
+
+def loss_table(metrics_csv: Path, *, window: int = 10) -> pd.DataFrame:
+    """Mean of each logged loss term over the first and the last ``window`` steps."""
+    m = pd.read_csv(metrics_csv)
+    cols = [c for c in m.columns if c.startswith("train/") and c != "train/loss"] + ["train/loss"]
+    rows = []
+    for c in cols:
+        s = m[["step", c]].dropna().groupby("step")[c].mean()
+        if len(s) < 2:
+            continue
+        w = max(1, min(window, len(s) // 3))
+        first, last = s.iloc[:w].mean(), s.iloc[-w:].mean()
+        rows.append({"term": c.removeprefix("train/"), f"first {w} steps": round(first, 4),
+                     f"last {w} steps": round(last, 4), "change": f"{100 * (last - first) / abs(first):+.0f}%"})
+    return pd.DataFrame(rows)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate the demo cohort, tile its slides and print the cohort summary."""
+    """Validate the demo cohort, tile its slides, pretrain, and print the cohort and loss summaries."""
+    from biossl.commands import pretrain
     from biossl.data.cohort import Cohort
     from biossl.data.demo import DEMO_MANIFEST
     from biossl.data.tiling import tile_slides
+    from biossl.errors import InputError
 
-    manifest = args.manifest or DEMO_MANIFEST
+    manifest = (args.manifest or DEMO_MANIFEST).resolve()
     out: Path = args.out
+    work = out / "work"
     out.mkdir(parents=True, exist_ok=True)
+    if not args.config.is_file():
+        raise InputError(f"pretraining config {args.config} not found; pass --config")
+
     cohort = Cohort.from_manifest(manifest)
     print(f"Cohort {manifest}: {len(cohort.patients)} patients, {len(cohort.table)} files\n")
     print(cohort.summary().to_string())
 
     slides = sorted({f for p in cohort.patients for f in cohort.files(p, keys.WSI)})
-    results = tile_slides(slides, out / "tiles")
+    results = tile_slides(slides, work / "tiles")
     rows = [{"slide": Path(r.slide).name, "tiles": r.n_tiles, "tissue_fraction": round(r.tissue_fraction, 3),
              "level": r.level} for r in results]
-    print("\nTiles per slide (0.5 µm/px, 256 px; coordinates and thumbnails in " f"{out / 'tiles'}):")
+    print(f"\nTiles per slide (0.5 µm/px, 256 px; coordinates and thumbnails in {work / 'tiles'}):")
     print(pd.DataFrame(rows).to_string(index=False))
+
+    root = out / "pretrain"
+    argv = ["--config", str(args.config), "--data.manifest", str(manifest), "--data.work_dir", str(work),
+            "--trainer.default_root_dir", str(root)]
+    if args.max_steps is not None:
+        argv += ["--trainer.max_steps", str(args.max_steps)]
+    print(f"\nPretraining (config {args.config}) ...", flush=True)
+    pretrain.main(argv)
+
+    print(f"\nLoss terms (from {root / 'metrics.csv'}):")
+    print(loss_table(root / "metrics.csv").to_string(index=False))
+    print(f"\nCheckpoints: {root / 'checkpoints'}  (last.ckpt is the newest)")
+    print(f"Resolved config: {root / 'config.yaml'}")
     return 0

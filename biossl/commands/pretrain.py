@@ -10,6 +10,7 @@ when present; CPU and fp32 otherwise.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,26 +31,48 @@ def trainer_defaults() -> dict[str, Any]:
         "precision": "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true",
         "default_root_dir": "biossl_runs/pretrain",
         "log_every_n_steps": 1,
-        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                   "init_args": {"save_dir": "${trainer.default_root_dir}", "name": "", "version": ""}},
-        "callbacks": [
-            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-             "init_args": {"every_n_train_steps": 50, "save_last": True, "save_top_k": -1,
-                           "filename": "step{step:06d}", "auto_insert_metric_name": False}},
-            {"class_path": "biossl.modules.callbacks.CheckpointOnInterrupt"},
-        ],
     }
 
 
 class PretrainCLI(LightningCLI):
     """LightningCLI with biossl's defaults; ``--ckpt_path`` resumes a run."""
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Add biossl's callbacks (step checkpoints, a checkpoint on interrupt) and a CSV logger.
+
+        Metrics land in ``<default_root_dir>/metrics.csv`` and checkpoints in
+        ``<default_root_dir>/checkpoints/`` (``last.ckpt`` is the newest).
+        """
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger
+
+        from biossl.modules.callbacks import CheckpointOnInterrupt
+
+        cfg = self.config_init["trainer"]
+        root = Path(cfg.get("default_root_dir") or "biossl_runs/pretrain")
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=self.checkpoint_every,
+                                             save_last=True, save_top_k=-1, filename="step{step:06d}",
+                                             auto_insert_metric_name=False))
+        callbacks.append(CheckpointOnInterrupt())
+        extra: dict[str, Any] = {"callbacks": callbacks}
+        if cfg.get("logger") in (None, True):
+            extra["logger"] = CSVLogger(save_dir=root, name="", version="")
+        return super().instantiate_trainer(**kwargs, **extra)
+
+    def before_instantiate_classes(self) -> None:
+        """Read biossl's own options before the trainer is built."""
+        self.checkpoint_every = int(self.config.get("checkpoint_every") or 50)
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         """Add ``--ckpt_path`` (resume) and link the data seed to the model seed."""
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="checkpoint to resume from ('last' = the run's last.ckpt)")
-        parser.link_arguments("seed_everything", "model.init_args.seed")
-        parser.link_arguments("seed_everything", "data.init_args.seed")
+        parser.add_argument("--checkpoint_every", type=int, default=50,
+                            help="write a checkpoint every N optimiser steps (and last.ckpt)")
+        parser.link_arguments("seed_everything", "model.seed")
+        parser.link_arguments("seed_everything", "data.seed")
 
 
 def main(argv: Sequence[str]) -> int:

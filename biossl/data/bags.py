@@ -130,6 +130,8 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
             self._load_sequences()
         self._volume_cache: Any = None
         self._slide_tiles: dict[Path, Any] | None = None
+        table = cohort.table
+        self._intensity = {p: _file_column(table, p, keys.VOLUME, "intensity") for p in self.patients}
         self._volume_cache_dir = volume_cache_dir
 
     # -- construction ---------------------------------------------------------------------------
@@ -244,7 +246,7 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
             return None
         if self._volume_cache is None:
             self._volume_cache = VolumeCache(cache_dir=self._volume_cache_dir)
-        intensity = self._file_column(p, keys.VOLUME, "intensity")
+        intensity = self._intensity[p]
         per_file = max(1, self.spec.patches // len(files))
         out = []
         for path, kind in zip(files, intensity):
@@ -266,12 +268,13 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
         w = self._seqs[p]
         return torch.from_numpy(w[self._pick(len(w), self.spec.windows, rng)]), {}
 
-    def _file_column(self, p: str, modality: str, column: str) -> list[str | None]:
-        t = self.cohort.table
-        rows = t[(t[keys.PATIENT_ID] == p) & (t[keys.MODALITY] == modality)]
-        if column not in rows:
-            return [None] * len(rows)
-        return [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in rows[column]]
+
+def _file_column(table: Any, p: str, modality: str, column: str) -> list[str | None]:
+    """Per-file values of a manifest column for one patient and modality (None where empty)."""
+    rows = table[(table[keys.PATIENT_ID] == p) & (table[keys.MODALITY] == modality)]
+    if column not in rows:
+        return [None] * len(rows)
+    return [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in rows[column]]
 
 
 def _metadata_records(cohort: Cohort, patients: Sequence[str]) -> dict[str, dict[str, Any]]:

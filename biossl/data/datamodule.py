@@ -122,9 +122,9 @@ class BagDataModule(pl.LightningDataModule):
             self.setup("fit")
         assert self.dataset is not None
         return ResumableLoader(
-            self.dataset,  # type: ignore[arg-type]
+            self.dataset,
             batch_size=self.batch_size,
-            sampler=BagSampler(len(self.dataset), shuffle=True, seed=self.seed),  # type: ignore[arg-type]
+            sampler=BagSampler(len(self.dataset), shuffle=True, seed=self.seed),
             collate_fn=collate_bags,
             num_workers=self.num_workers,
             drop_last=len(self.dataset) > self.batch_size,

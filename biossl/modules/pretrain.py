@@ -94,7 +94,7 @@ class PretrainModule(pl.LightningModule):
             enc = ENCODERS.build(spec["encoder"], **kwargs)
             if not isinstance(enc, ModalityModel):
                 raise TypeError(f"encoder {spec['encoder']!r} does not return a ModalityModel")
-            self.encoders[m] = torch.compile(enc) if self.hparams["compile"] else enc
+            self.encoders[m] = torch.compile(enc) if self.hparams["compile"] else enc  # type: ignore[assignment]
             self.projections[m] = nn.Linear(enc.embed_dim, self.embed_dim)
             self.pools[m] = GatedAttentionMIL(self.embed_dim)
 
@@ -130,7 +130,7 @@ class PretrainModule(pl.LightningModule):
             b, k = mask.shape
             xi = x[mask]
             gm = entry[keys.GENE_MASK][mask] if keys.GENE_MASK in entry else None
-            enc = self.encoders[m]
+            enc: ModalityModel = self.encoders[m]  # type: ignore[assignment]
             if with_masked_loss:
                 masked[m] = enc.masked_loss(xi, gene_mask=gm)
             z = self.projections[m](enc.embed(xi, gene_mask=gm))
@@ -166,7 +166,8 @@ class PretrainModule(pl.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         """AdamW with linear warm-up and cosine decay, stepped every optimiser step."""
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
@@ -191,7 +192,7 @@ class PretrainModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Tell a resumable loader how many batches of this epoch training has consumed."""
         loader = self.trainer.train_dataloader
-        if hasattr(loader, "consumed"):
+        if loader is not None and hasattr(loader, "consumed"):
             loader.consumed = batch_idx + 1
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,40 @@
+"""``biossl cohort MANIFEST``: validate a cohort manifest and print patients x modalities."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from biossl.data.cohort import Cohort
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the verb's arguments."""
+    parser.add_argument("manifest", type=Path, help="manifest (CSV/TSV/Parquet): patient_id, modality, path")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip bad rows (and patients left without files) with a warning, not fail")
+    parser.add_argument("--report", type=Path, default=None, metavar="PATH",
+                        help="write every problem found to PATH (.json for JSON, else CSV)")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="only check that files exist; do not open them with their readers")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the manifest and print its summary; bad input raises an InputError (exit code 2)."""
+    cohort = Cohort.from_manifest(args.manifest, skip_bad=args.skip_bad, report_path=args.report,
+                                  probe=not args.no_probe)
+    summary = cohort.summary()
+    table = cohort.table
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(summary.to_string())
+    print()
+    print(f"{len(cohort)} patients, {len(table)} files; fingerprint {cohort.fingerprint()}")
+    last = summary.iloc[-1]
+    for modality in summary.columns:
+        n_files = int((table["modality"] == modality).sum())
+        print(f"  {modality:<10} {int(last[modality]):>5} patients  {n_files:>6} files")
+    if cohort.conflicts:
+        print("metadata kept per file (values differ within a patient): " + ", ".join(cohort.conflicts))
+    return 0

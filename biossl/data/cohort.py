@@ -1,0 +1,375 @@
+"""The cohort: a validated manifest listing each patient's files per modality.
+
+A manifest is a CSV, TSV or Parquet table with one row per file: ``patient_id``, ``modality`` (one
+of :data:`biossl.data.keys.MODALITIES`, case and surrounding spaces ignored), ``path`` (relative to
+the manifest's folder unless absolute) and optional metadata columns (``site``, ``scanner``,
+``batch``, ``slide_mpp``, ...). A patient may have several rows per modality; an expression row may
+point to a table holding many patients, in which the patient is then looked up.
+
+Row numbers in messages count as in a spreadsheet: the header is row 1, the first record row 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+from biossl.data.keys import EXPRESSION, MODALITIES, MODALITY, PATH, PATIENT_ID, REQUIRED_COLUMNS
+from biossl.data.labels import MAX_NAMED, read_table
+from biossl.errors import ManifestError
+from biossl.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+ProbeFn = Callable[[Path], None]
+TablePatientsFn = Callable[[Path], Collection[str]]
+
+
+ROW = "manifest_row"
+#: How many problems an error message lists.
+MAX_LISTED = 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad manifest row (``row`` = spreadsheet row) or a patient left without files (``row`` None)."""
+
+    row: int | None
+    patient_id: str
+    modality: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" if self.row is not None else "patient"
+        file = f"{self.modality or '-'} file {self.path or '-'}"
+        return f"{where}: patient {self.patient_id!r}, {file}: {self.reason}"
+
+
+def _text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value).strip()
+
+
+class _Checker:
+    """Row checks of a manifest, with readers' probes loaded lazily and cached per file."""
+
+    def __init__(self, *, probe: bool, probes: Mapping[str, ProbeFn] | None,
+                 table_patients: TablePatientsFn | None) -> None:
+        self.probe = probe
+        self.probes: dict[str, ProbeFn | None] = dict(probes or {})
+        self.table_patients = table_patients
+        self._reasons: dict[tuple[str, str], str | None] = {}
+        self._tables: dict[str, Collection[str] | str] = {}
+
+    def _probe_of(self, modality: str) -> ProbeFn | None:
+        if modality not in self.probes:
+            try:
+                self.probes[modality] = importlib.import_module(f"biossl.data.{modality}").probe
+            except (ImportError, AttributeError) as exc:
+                logger.warning("%s files are only checked for existence: no reader probe (%s)", modality, exc)
+                self.probes[modality] = None
+        return self.probes[modality]
+
+    def _unreadable(self, modality: str, path: str) -> str | None:
+        if (modality, path) not in self._reasons:
+            fn = self._probe_of(modality)
+            reason = None
+            try:
+                if fn is not None:
+                    fn(Path(path))
+            except (ValueError, OSError) as exc:  # InputError is a ValueError
+                reason = f"unreadable {modality} file: {exc}"
+            self._reasons[modality, path] = reason
+        return self._reasons[modality, path]
+
+    def _absent_from_table(self, patient: str, path: str) -> str | None:
+        if path not in self._tables:
+            fn = self.table_patients
+            if fn is None:
+                fn = importlib.import_module("biossl.data.expression").table_patients
+            try:
+                self._tables[path] = frozenset(map(str, fn(Path(path))))
+            except (ValueError, OSError) as exc:
+                self._tables[path] = f"unreadable expression table: {exc}"
+        found = self._tables[path]
+        if isinstance(found, str):
+            return found
+        if patient in found:
+            return None
+        return (f"patient not in this expression table ({len(found)} patients, e.g. {sorted(found)[:3]}); "
+                "fix the patient_id or the path")
+
+    def check_rows(self, df: pd.DataFrame, folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
+        """Return the good rows (with absolute paths and a ``manifest_row`` column) and the problems."""
+        problems: list[Problem] = []
+        good: list[int] = []
+        paths: list[str] = []
+        modalities: list[str] = []
+        seen: dict[tuple[str, str, str], int] = {}
+        rows_of: dict[str, list[int]] = {}
+        for index, patient_v, modality_v, path_v in df[[PATIENT_ID, MODALITY, PATH]].itertuples():
+            row = int(index) + 2
+            patient, raw_modality, raw_path = _text(patient_v), _text(modality_v), _text(path_v)
+            modality = raw_modality.lower()
+            reason = None
+            if patient:
+                rows_of.setdefault(patient, []).append(row)
+            full = os.path.abspath(folder / Path(raw_path).expanduser()) if raw_path else ""
+            if not patient:
+                reason = "empty patient_id; give every row the patient it belongs to"
+            elif modality not in MODALITIES:
+                reason = f"unknown modality {raw_modality!r}; valid: {', '.join(MODALITIES)}"
+            elif not raw_path:
+                reason = "empty path; give the file's path (relative to the manifest's folder, or absolute)"
+            elif (patient, modality, full) in seen:
+                first = seen[patient, modality, full]
+                reason = f"duplicate of row {first} (same patient, modality and file); delete one of them"
+            elif not os.path.exists(full):
+                reason = (f"file not found: {full} (relative paths are read from {folder}); "
+                          "fix the path or drop the row")
+            elif self.probe:
+                reason = self._unreadable(modality, full)
+                if reason is None and modality == EXPRESSION:
+                    reason = self._absent_from_table(patient, full)
+            if patient and modality in MODALITIES and full:
+                seen.setdefault((patient, modality, full), row)
+            if reason is not None:
+                problems.append(Problem(row, patient, raw_modality, raw_path, reason))
+                continue
+            good.append(index)
+            paths.append(full)
+            modalities.append(modality)
+        kept = df.loc[good].copy()
+        kept[PATIENT_ID] = kept[PATIENT_ID].map(_text)
+        kept[MODALITY] = modalities
+        kept[PATH] = paths
+        kept[ROW] = [int(i) + 2 for i in good]
+        usable = set(kept[PATIENT_ID])
+        for patient in sorted(set(rows_of) - usable):
+            rows = rows_of[patient]
+            problems.append(Problem(None, patient, "", "", f"no usable file: all its {len(rows)} row(s) "
+                                    f"({', '.join(map(str, rows[:MAX_LISTED]))}) are bad"))
+        return kept, problems
+
+
+def _handle_problems(problems: list[Problem], *, manifest: Path, skip_bad: bool,
+                     report_path: str | Path | None) -> None:
+    if report_path is not None:
+        _write_report(problems, Path(report_path))
+    if not problems:
+        return
+    saved = f"; all are listed in {report_path}" if report_path is not None else ""
+    if skip_bad:
+        for problem in problems:
+            logger.warning("manifest %s: skipping %s", manifest, problem)
+        logger.warning("manifest %s: skipped %d problem(s)%s", manifest, len(problems), saved)
+        return
+    lines = [str(p) for p in problems[:MAX_LISTED]]
+    if len(problems) > MAX_LISTED:
+        lines.append(f"... and {len(problems) - MAX_LISTED} more")
+    raise ManifestError(
+        f"manifest {manifest} has {len(problems)} problem(s) (rows as in a spreadsheet, header = row 1)"
+        f"{saved}:\n  " + "\n  ".join(lines)
+        + "\nFix them, or skip bad rows with skip_bad=True (biossl cohort --skip-bad --report FILE)."
+    )
+
+
+def _write_report(problems: list[Problem], path: Path) -> None:
+    records = pd.DataFrame([asdict(p) for p in problems], columns=[f.name for f in fields(Problem)])
+    records = records.astype({"row": "Int64"})
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".json":
+            tmp.write_text(json.dumps([asdict(p) for p in problems], indent=1) + "\n")
+        else:
+            records.to_csv(tmp, index=False)
+    logger.info("wrote the manifest report (%d problem(s)) to %s", len(problems), path)
+
+
+class Cohort:
+    """Patients, their files per modality, and their per-patient metadata.
+
+    Build one with :meth:`from_manifest`. ``table`` has one row per usable file with absolute paths,
+    sorted by patient, modality (canonical order) and path, plus ``manifest_row`` (its spreadsheet row).
+    """
+
+    def __init__(self, table: pd.DataFrame, *, source: Path | None = None) -> None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+        if missing:
+            raise ManifestError(f"cohort table lacks column(s) {missing}; found {list(table.columns)}")
+        order = {m: i for i, m in enumerate(MODALITIES)}
+        table = table.assign(_m=table[MODALITY].map(order)).sort_values([PATIENT_ID, "_m", PATH])
+        self._table = table.drop(columns="_m").reset_index(drop=True)
+        self.source = source
+        self._files: dict[tuple[str, str], list[Path]] = {}
+        for patient, modality, path in self._table[[PATIENT_ID, MODALITY, PATH]].itertuples(index=False):
+            self._files.setdefault((patient, modality), []).append(Path(path))
+        self._patients = sorted(self._table[PATIENT_ID].unique())
+        self._patient_set = set(self._patients)
+        self._metadata, self.conflicts = _per_patient_metadata(self._table)
+        if self.conflicts:
+            logger.warning("metadata column(s) differ between one patient's files and are kept per file "
+                           "(in .table, not .metadata): %s", _describe_conflicts(self.conflicts))
+
+    @classmethod
+    def from_manifest(
+        cls,
+        path: str | Path,
+        *,
+        skip_bad: bool = False,
+        report_path: str | Path | None = None,
+        probe: bool = True,
+        probes: Mapping[str, ProbeFn] | None = None,
+        table_patients: TablePatientsFn | None = None,
+    ) -> Cohort:
+        """Load and validate a manifest; every problem is collected before anything is raised.
+
+        Checked: required columns, empty manifest, empty ``patient_id``, unknown modality, empty path,
+        missing file, duplicate rows (same patient, modality and file), files that the modality's probe
+        cannot read, expression patients absent from their table, patients left with no usable file.
+
+        Args:
+            path: The manifest (CSV, TSV or Parquet).
+            skip_bad: Skip bad rows (each logged as a warning) and patients left with no usable file,
+                instead of raising.
+            report_path: Where to write the list of problems (``.json`` for JSON, else CSV with
+                columns row, patient_id, modality, path, reason), written atomically whenever given,
+                also when there are none or when raising. Nothing is written when it is ``None``;
+                commands pass a file in their output folder.
+            probe: Open each file with its modality's reader probe; ``False`` only checks existence.
+            probes: ``modality -> probe(path)`` overriding ``biossl.data.<modality>.probe``; a probe
+                raises an :class:`~biossl.errors.InputError` for an unreadable file.
+            table_patients: ``table_patients(path) -> patient IDs`` of an expression table, overriding
+                ``biossl.data.expression.table_patients``.
+
+        Raises:
+            ManifestError: listing up to 20 problems with their row, patient and file.
+        """
+        path = Path(path)
+        df = read_table(path, what="manifest", text_columns=REQUIRED_COLUMNS)
+        df = df.rename(columns={c: c.lower() for c in df.columns if c.lower() in REQUIRED_COLUMNS})
+        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+        if missing:
+            raise ManifestError(f"manifest {path} lacks required column(s) {missing}; found columns "
+                                f"{list(df.columns)}. A manifest has one row per file with columns "
+                                "patient_id, modality, path, plus optional metadata (site, scanner, ...)")
+        if df.empty:
+            raise ManifestError(f"manifest {path} has a header but no rows; add one row per file")
+        checker = _Checker(probe=probe, probes=probes, table_patients=table_patients)
+        kept, problems = checker.check_rows(df, path.parent.absolute())
+        _handle_problems(problems, manifest=path, skip_bad=skip_bad, report_path=report_path)
+        if kept.empty:
+            raise ManifestError(f"manifest {path}: no usable row is left after skipping bad ones")
+        return cls(kept, source=path)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per file: ``patient_id``, ``modality``, absolute ``path``, metadata, ``manifest_row``."""
+        return self._table.copy()
+
+    @property
+    def patients(self) -> list[str]:
+        """Sorted patient IDs."""
+        return list(self._patients)
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """Per-patient metadata indexed by ``patient_id``; a column differing within a patient is left out."""
+        return self._metadata.copy()
+
+    def __len__(self) -> int:
+        return len(self._patients)
+
+    def __repr__(self) -> str:
+        return f"Cohort({len(self)} patients, {len(self._table)} files, source={self.source})"
+
+    def _check_patient(self, patient: str) -> None:
+        if patient not in self._patient_set:
+            raise ManifestError(f"patient {patient!r} is not in the cohort ({self.source}); "
+                                f"it has {len(self)} patients, e.g. {self._patients[:5]}")
+
+    def modalities_of(self, patient: str) -> list[str]:
+        """Modalities the patient has at least one file of, in canonical order."""
+        self._check_patient(patient)
+        return [m for m in MODALITIES if (patient, m) in self._files]
+
+    def files(self, patient: str, modality: str) -> list[Path]:
+        """The patient's files of one modality (empty if it has none), sorted by path."""
+        if modality not in MODALITIES:
+            raise ManifestError(f"unknown modality {modality!r}; valid: {', '.join(MODALITIES)}")
+        self._check_patient(patient)
+        return list(self._files.get((patient, modality), []))
+
+    def summary(self) -> pd.DataFrame:
+        """File counts, patients x modalities, with a last row ``(patients with modality)``."""
+        present = [m for m in MODALITIES if m in set(self._table[MODALITY])]
+        counts = pd.crosstab(self._table[PATIENT_ID], self._table[MODALITY]).reindex(columns=present)
+        counts.columns.name = None
+        counts.loc["(patients with modality)"] = (counts > 0).sum()
+        return counts
+
+    def subset(self, patients: Iterable[str]) -> Cohort:
+        """A cohort of only these patients; unknown IDs are an error naming them."""
+        wanted = set(patients)
+        unknown = sorted(wanted - set(self._patients))
+        if unknown:
+            raise ManifestError(f"{len(unknown)} patient(s) are not in the cohort ({self.source}), "
+                                f"e.g. {unknown[:MAX_NAMED]}")
+        return Cohort(self._table[self._table[PATIENT_ID].isin(wanted)], source=self.source)
+
+    def fingerprint(self) -> str:
+        """A stable 16-hex-digit hash of the table (without row numbers) and each file's size and mtime.
+
+        It changes when a file, a path, a patient or a metadata value changes, and does not depend
+        on the order of the manifest's rows.
+        """
+        digest = hashlib.sha256()
+        digest.update(self._table.drop(columns=[ROW], errors="ignore").to_csv(index=False).encode())
+        for path in sorted(set(self._table[PATH])):
+            for name, stat in _stats(Path(path)):
+                digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def _stats(path: Path) -> Iterator[tuple[str, os.stat_result]]:
+    try:
+        if not path.is_dir():
+            yield str(path), path.stat()
+            return
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                full = os.path.join(root, name)
+                yield full, os.stat(full)
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{exc.filename} was removed since the manifest was loaded; reload it") from exc
+
+
+def _per_patient_metadata(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    columns = [c for c in table.columns if c not in (*REQUIRED_COLUMNS, ROW)]
+    grouped = table.groupby(PATIENT_ID, sort=True)
+    meta = pd.DataFrame(index=pd.Index(sorted(table[PATIENT_ID].unique()), name=PATIENT_ID))
+    conflicts: dict[str, list[str]] = {}
+    for col in columns:
+        n_values = grouped[col].nunique(dropna=True)
+        clash = sorted(n_values.index[n_values > 1])
+        if clash:
+            conflicts[col] = clash
+            continue
+        meta[col] = grouped[col].first()  # first non-null value
+    return meta, conflicts
+
+
+def _describe_conflicts(conflicts: Mapping[str, list[str]]) -> str:
+    return "; ".join(f"{col} (patients {pts[:MAX_NAMED]}{', ...' if len(pts) > MAX_NAMED else ''})"
+                     for col, pts in conflicts.items())
+
+
+__all__ = ["Cohort", "Problem", "ProbeFn", "TablePatientsFn"]

@@ -1,0 +1,272 @@
+"""DNA sequences: reading FASTA/CSV files and turning sequences into token ids.
+
+Token ids follow :mod:`biossl.data.keys`: PAD=0, A=1, C=2, G=3, T=4, N=5, MASK=6. Lower case is
+folded to upper case; the other IUPAC ambiguity codes (R Y S W K M B D H V) are read as N and counted
+(:attr:`SequenceRecord.n_ambiguous`, and a log line per file). Any other character is an error.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from biossl.data.keys import MASK_TOKEN, NUCLEOTIDES, PAD_TOKEN
+from biossl.errors import SequenceError
+
+log = logging.getLogger(__name__)
+
+N_TOKEN = NUCLEOTIDES.index("N") + 1
+IUPAC_AMBIGUOUS = "RYSWKMBDHV"
+FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fas")
+TABLE_SUFFIXES = (".csv", ".tsv")
+_HINTS = {"U": " (RNA? write T for U)", "-": " (alignment gap? remove gaps)", ".": " (alignment gap?)"}
+
+_ENCODE = np.full(256, -1, dtype=np.int64)
+for _i, _base in enumerate(NUCLEOTIDES, start=1):
+    _ENCODE[ord(_base)] = _ENCODE[ord(_base.lower())] = _i
+for _code in IUPAC_AMBIGUOUS:
+    _ENCODE[ord(_code)] = _ENCODE[ord(_code.lower())] = N_TOKEN
+#: Complement per token id: PAD, A<->T, C<->G, N, MASK.
+_COMPLEMENT = np.array([PAD_TOKEN, 4, 3, 2, 1, N_TOKEN, MASK_TOKEN], dtype=np.int64)
+#: Characters per token id for :func:`decode` (PAD is dropped, MASK shows as "?").
+_DECODE = np.array(["", *NUCLEOTIDES, "?"])
+_CACHE: dict[tuple[str, int, int], list[SequenceRecord]] = {}
+_CACHE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class SequenceRecord:
+    """One DNA sequence: its id, its letters (upper case) and an optional label."""
+
+    id: str
+    sequence: str
+    label: int | str | None = None
+
+    @property
+    def n_ambiguous(self) -> int:
+        """Number of IUPAC ambiguity codes other than N (they are read as N)."""
+        return count_ambiguous(self.sequence)
+
+
+def count_ambiguous(sequence: str) -> int:
+    """Count the IUPAC codes R Y S W K M B D H V (either case) in ``sequence``."""
+    upper = sequence.upper()
+    return sum(upper.count(code) for code in IUPAC_AMBIGUOUS)
+
+
+def encode(
+    sequence: str, *, source: str | Path = "<sequence>", record: str = "?", line: int | None = None
+) -> np.ndarray:
+    """Turn letters into ``int64`` token ids.
+
+    Args:
+        sequence: DNA letters; case is ignored.
+        source: File named in error messages.
+        record: Record id named in error messages.
+        line: Line of the file the record is on, if known (named in error messages).
+
+    Raises:
+        SequenceError: the sequence is empty or has a character that is not a nucleotide/IUPAC code.
+    """
+    where = f"{source}: record {record!r}" + (f" (line {line})" if line is not None else "")
+    if not sequence:
+        raise SequenceError(f"{where} has an empty sequence; remove it or fill it in")
+    raw = sequence.encode("ascii", errors="replace")  # non-ASCII becomes "?" and fails below
+    tokens = _ENCODE[np.frombuffer(raw, dtype=np.uint8)]
+    bad = np.flatnonzero(tokens < 0)
+    if bad.size:
+        pos = int(bad[0])
+        char = sequence[pos]  # "replace" keeps one byte per character, so positions line up
+        raise SequenceError(
+            f"{where} has invalid character {char!r} at position {pos + 1}"
+            f"{_HINTS.get(char.upper(), '')}; allowed: A C G T N and IUPAC codes {IUPAC_AMBIGUOUS} "
+            "(read as N)"
+        )
+    return tokens
+
+
+def decode(tokens: np.ndarray | Sequence[int]) -> str:
+    """Turn token ids back into letters; PAD is dropped, MASK is shown as ``?``.
+
+    Raises:
+        ValueError: a token id outside ``0..6``.
+    """
+    ids = np.asarray(tokens, dtype=np.int64).ravel()
+    if ids.size and (ids.min() < 0 or ids.max() >= len(_DECODE)):
+        raise ValueError(f"token ids must be in 0..{len(_DECODE) - 1}, got {ids.min()}..{ids.max()}")
+    return "".join(_DECODE[ids].tolist())
+
+
+def reverse_complement(tokens: np.ndarray) -> np.ndarray:
+    """Reverse-complement token ids (1-D, or 2-D row by row).
+
+    A<->T and C<->G are swapped, N, PAD and MASK keep their ids. Trailing padding stays at the end:
+    only the part before it is reversed, so a padded batch stays left-aligned. Applying this twice
+    gives back the input.
+    """
+    x = np.asarray(tokens, dtype=np.int64)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"reverse_complement takes 1-D or 2-D tokens, got shape {x.shape}")
+    rows = np.atleast_2d(x)
+    real = rows != PAD_TOKEN
+    length = np.where(real.any(axis=1), rows.shape[1] - np.argmax(real[:, ::-1], axis=1), 0)[:, None]
+    j = np.arange(rows.shape[1])[None, :]
+    src = np.where(j < length, length - 1 - j, j)
+    out = _COMPLEMENT[np.take_along_axis(rows, src, axis=1)]
+    return out[0] if x.ndim == 1 else out
+
+
+def windows(tokens: np.ndarray, length: int, stride: int | None = None) -> np.ndarray:
+    """Cut a 1-D token array into windows ``[n, length]`` that cover the whole sequence.
+
+    Windows start at ``0, stride, 2*stride, ...``; if the last of these stops short of the end, one
+    more window is **aligned to the end** (it overlaps its neighbour more), so no window but a
+    too-short sequence's single one holds padding. A sequence shorter than ``length`` gives one
+    window padded at the end with PAD.
+
+    Args:
+        tokens: 1-D token ids.
+        length: Window length.
+        stride: Step between window starts, ``1..length`` (default ``length``: no overlap).
+
+    Raises:
+        ValueError: ``length`` < 1, ``stride`` outside ``1..length`` or ``tokens`` not 1-D.
+    """
+    x = np.asarray(tokens, dtype=np.int64)
+    stride = length if stride is None else stride
+    if length < 1 or not 1 <= stride <= length or x.ndim != 1:
+        raise ValueError(
+            f"need 1-D tokens, length >= 1 and 1 <= stride <= length; got {x.shape}, {length}, {stride}"
+        )
+    if x.size <= length:
+        return pad_batch([x], length)
+    starts = list(range(0, x.size - length + 1, stride))
+    if starts[-1] + length < x.size:
+        starts.append(x.size - length)
+    return np.stack([x[s : s + length] for s in starts])
+
+
+def pad_batch(sequences: Sequence[np.ndarray], length: int) -> np.ndarray:
+    """Stack token arrays into ``int64 [B, length]``, padding at the end with PAD.
+
+    Raises:
+        ValueError: a sequence is longer than ``length`` (cut it with :func:`windows` first).
+    """
+    out = np.full((len(sequences), length), PAD_TOKEN, dtype=np.int64)
+    for i, seq in enumerate(sequences):
+        if len(seq) > length:
+            raise ValueError(f"sequence {i} has {len(seq)} tokens > length {length}; use windows() first")
+        out[i, : len(seq)] = seq
+    return out
+
+
+def read_sequences(path: str | Path) -> list[SequenceRecord]:
+    """Read and validate every record of a FASTA or CSV/TSV file.
+
+    FASTA (``.fa .fasta .fna .fas``, optionally ``.gz``): the id is the header up to the first space.
+    CSV/TSV (optionally compressed): column ``sequence`` is required, ``id`` and ``label`` are
+    optional (without ``id`` a record's id is its 0-based row number).
+
+    Raises:
+        SequenceError: unreadable or empty file, missing ``sequence`` column, an empty sequence or an
+            invalid character (the message names the file, the record and the character).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SequenceError(f"{path}: sequence file not found; check the path in the manifest")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _CACHE:
+        _CACHE[key] = _read_records(path)
+        while len(_CACHE) > _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+    return list(_CACHE[key])
+
+
+def probe(path: str | Path) -> None:
+    """Check that ``path`` reads as a valid sequence file; raise :class:`SequenceError` if not."""
+    read_sequences(path)
+
+
+def _read_records(path: Path) -> list[SequenceRecord]:
+    name = path.name.lower()
+    for ext in (".gz", ".zip", ".bz2", ".xz"):
+        name = name.removesuffix(ext)
+    try:
+        if name.endswith(FASTA_SUFFIXES):
+            records = _read_fasta(path)
+        elif name.endswith(TABLE_SUFFIXES):
+            records = _read_table(path, sep="\t" if name.endswith(".tsv") else ",")
+        else:
+            raise SequenceError(f"{path}: unknown sequence format; use {FASTA_SUFFIXES} or {TABLE_SUFFIXES}")
+    except (OSError, UnicodeDecodeError, EOFError, pd.errors.ParserError) as exc:
+        raise SequenceError(f"{path}: cannot read sequence file ({exc})") from exc
+    if not records:
+        raise SequenceError(f"{path}: no sequences found")
+    ambiguous = [r.n_ambiguous for r in records]
+    if any(ambiguous):
+        log.warning("%s: %d IUPAC ambiguity codes read as N in %d of %d records",
+                    path, sum(ambiguous), sum(1 for a in ambiguous if a), len(records))  # fmt: skip
+    return records
+
+
+def _read_fasta(path: Path) -> list[SequenceRecord]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    records: list[SequenceRecord] = []
+    header: str | None = None
+    chunks: list[str] = []
+
+    def flush() -> None:
+        if header is not None:
+            seq = "".join(chunks)
+            encode(seq, source=path, record=header)
+            records.append(SequenceRecord(header, seq.upper()))
+
+    with opener(path, "rt") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line or line.startswith(";"):
+                continue
+            if line.startswith(">"):
+                flush()
+                header, chunks = (line[1:].split() or [""])[0], []
+                if not header:
+                    raise SequenceError(f"{path}: line {number}: FASTA header without an id")
+            elif header is None:
+                raise SequenceError(
+                    f"{path}: line {number}: sequence before the first '>' header; not FASTA?"
+                )
+            else:
+                chunks.append("".join(line.split()))
+    flush()
+    return records
+
+
+def _read_table(path: Path, *, sep: str) -> list[SequenceRecord]:
+    try:
+        df = pd.read_csv(path, sep=sep, dtype={"sequence": str, "id": str}, keep_default_na=False)
+    except pd.errors.EmptyDataError as exc:
+        raise SequenceError(f"{path}: empty file") from exc
+    if "sequence" not in df.columns:
+        raise SequenceError(f"{path}: no 'sequence' column; columns are {list(df.columns)}")
+    ids = df["id"].astype(str).tolist() if "id" in df.columns else [str(i) for i in range(len(df))]
+    labels: list[int | str | None] = [None] * len(df)
+    if "label" in df.columns:
+        raw = df["label"].replace("", np.nan)
+        numeric = pd.to_numeric(raw, errors="coerce")
+        if numeric.notna().equals(raw.notna()) and bool((numeric.dropna() % 1 == 0).all()):
+            labels = [None if pd.isna(v) else int(v) for v in numeric]
+        else:
+            labels = [None if pd.isna(v) else str(v) for v in raw]
+    records = []
+    for row, (rid, seq, label) in enumerate(zip(ids, df["sequence"].astype(str), labels)):
+        seq = seq.strip()
+        encode(seq, source=path, record=rid, line=row + 2)
+        records.append(SequenceRecord(rid, seq.upper(), label))
+    return records

@@ -1,0 +1,223 @@
+"""Patient-level k-fold splits: made (stratified, grouped by site), read from users' files, saved.
+
+A split table is a DataFrame with columns ``patient_id`` and ``fold`` (0..K-1): each patient is in
+exactly one fold; fold ``k``'s test set is its patients, its training set every other patient.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from biossl.data.keys import PATIENT_ID
+from biossl.data.labels import MAX_NAMED, read_table
+from biossl.errors import InputError, ManifestError
+from biossl.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FOLD = "fold"
+_PORPOISE_NAME = re.compile(r"splits_(\d+)\.csv$")
+
+
+def _per_patient(values: Mapping[str, Hashable] | pd.Series, patients: list[str], what: str) -> np.ndarray:
+    series = pd.Series(values) if not isinstance(values, pd.Series) else values
+    series.index = series.index.map(str)
+    missing = [p for p in patients if p not in series.index or pd.isna(series.get(p))]
+    if missing:
+        raise InputError(f"{len(missing)} patient(s) have no {what}, e.g. {missing[:MAX_NAMED]}; give every "
+                         f"patient a {what} or leave those patients out of the split")
+    return series.loc[patients].astype(str).to_numpy()
+
+
+def make_splits(
+    patients: Sequence[str],
+    *,
+    n_splits: int = 5,
+    labels: Mapping[str, Hashable] | pd.Series | None = None,
+    groups: Mapping[str, Hashable] | pd.Series | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Assign each patient to one of ``n_splits`` folds, reproducibly for a given ``seed``.
+
+    Args:
+        patients: Patient IDs (order does not matter; they are sorted first).
+        n_splits: Number of folds (at least 2).
+        labels: ``patient -> class``; folds then keep the class proportions (stratified).
+        groups: ``patient -> group`` (for example the TCGA ``site``); all patients of a group land in
+            one fold, so no group is in both the training and the test set of any fold.
+        seed: Shuffling seed.
+
+    Returns:
+        DataFrame ``patient_id, fold`` sorted by patient.
+
+    Raises:
+        InputError: duplicate patients, a patient without label/group, a class with fewer patients
+            (or groups) than folds, or fewer groups than folds.
+    """
+    ids = sorted(str(p) for p in patients)
+    dup = sorted({p for p in ids if ids.count(p) > 1}) if len(set(ids)) < len(ids) else []
+    if dup:
+        raise InputError(f"patients listed more than once: {dup[:MAX_NAMED]}; give each patient once")
+    if n_splits < 2 or n_splits > len(ids):
+        raise InputError(f"n_splits={n_splits} is invalid for {len(ids)} patients; use 2..{len(ids)} folds")
+    y = _per_patient(labels, ids, "label") if labels is not None else None
+    g = _per_patient(groups, ids, "group") if groups is not None else None
+    if g is not None and len(set(g)) < n_splits:
+        raise InputError(f"only {len(set(g))} groups ({sorted(set(g))[:MAX_NAMED]}) for {n_splits} folds: "
+                         "a group cannot be split across folds; lower n_splits or group more coarsely")
+    if y is not None:
+        unit = "groups" if g is not None else "patients"
+        for cls in sorted(set(y)):
+            n = len(set(g[y == cls])) if g is not None else int((y == cls).sum())
+            if n < n_splits:
+                raise InputError(f"class {cls!r} has only {n} {unit}, fewer than n_splits={n_splits}, so "
+                                 "some folds would lack it; merge rare classes, use fewer folds or no labels")
+    x = np.zeros(len(ids))
+    if y is not None and g is not None:
+        folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(x, y, g)
+    elif y is not None:
+        folds = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, y)
+    elif g is not None:
+        folds = GroupKFold(n_splits, shuffle=True, random_state=seed).split(x, groups=g)
+    else:
+        folds = KFold(n_splits, shuffle=True, random_state=seed).split(x)
+    fold = np.full(len(ids), -1)
+    for k, (_, test) in enumerate(folds):
+        fold[test] = k
+    out = pd.DataFrame({PATIENT_ID: ids, FOLD: fold})
+    check_splits(out, groups=None if g is None else dict(zip(ids, g)))
+    return out
+
+
+def check_splits(
+    splits: pd.DataFrame, *, groups: Mapping[str, Hashable] | None = None, source: str = ""
+) -> None:
+    """Check a split table: one fold per patient, folds 0..K-1 all used, each given group in one fold.
+
+    Raises:
+        ManifestError: naming the patients (or groups) at fault.
+    """
+    where = f" in {source}" if source else ""
+    missing = [c for c in (PATIENT_ID, FOLD) if c not in splits.columns]
+    if missing:
+        raise ManifestError(f"split table{where} lacks column(s) {missing}; found {list(splits.columns)}")
+    folds_of = splits.groupby(PATIENT_ID)[FOLD].agg(lambda f: sorted(set(f)))
+    twice = folds_of[folds_of.map(len) > 1]
+    if len(twice):
+        named = [f"{p} (folds {f})" for p, f in twice.head(MAX_NAMED).items()]
+        raise ManifestError(f"{len(twice)} patient(s) are in more than one fold{where}: {', '.join(named)}; "
+                            "a patient must be in exactly one fold")
+    used = sorted(set(splits[FOLD]))
+    if used != list(range(len(used))) or len(used) < 2:
+        raise ManifestError(f"folds{where} are {used}; expected 0..K-1 with K >= 2 and none empty")
+    if groups is not None:
+        folds_per_group = splits.groupby(splits[PATIENT_ID].map(groups))[FOLD].nunique()
+        spread = sorted(map(str, folds_per_group.index[folds_per_group > 1]))
+        if spread:
+            raise ManifestError(f"group(s) {spread[:MAX_NAMED]} are spread over several folds{where}")
+
+
+def train_test(splits: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
+    """Return ``(train_patients, test_patients)`` of one fold, each sorted."""
+    folds = sorted(set(splits[FOLD]))
+    if fold not in folds:
+        raise InputError(f"fold {fold} does not exist; the splits have folds {folds}")
+    test = splits[FOLD] == fold
+    return sorted(splits.loc[~test, PATIENT_ID]), sorted(splits.loc[test, PATIENT_ID])
+
+
+def read_splits(path: str | Path, *, patients: Collection[str] | None = None) -> pd.DataFrame:
+    """Read user-given folds: a table ``patient_id, fold``, or a folder of PORPOISE ``splits_{k}.csv``.
+
+    A PORPOISE/CLAM folder holds one file per fold with columns ``train`` and ``val`` (patient IDs);
+    fold ``k``'s ``val`` patients become fold ``k``. The files must form a k-fold partition: no
+    patient in ``train`` and ``val`` of one file, in two files' ``val``, or missing from a fold.
+
+    Args:
+        path: The table, or the folder of ``splits_{k}.csv`` files.
+        patients: When given (e.g. ``cohort.patients``), split patients outside it are an error.
+
+    Raises:
+        ManifestError: naming the file and the patient at fault.
+    """
+    path = Path(path)
+    if path.is_dir():
+        out = _read_porpoise(path)
+    else:
+        table = read_table(path, what="split file", text_columns=[PATIENT_ID, "train", "val"])
+        if {"train", "val"} <= set(table.columns):
+            raise ManifestError(f"{path} holds one fold (train/val columns); pass the folder that holds "
+                                "all of splits_0.csv .. splits_{K-1}.csv")
+        if PATIENT_ID not in table.columns or FOLD not in table.columns:
+            raise ManifestError(f"split file {path} needs columns patient_id and fold (found "
+                                f"{list(table.columns)}), or a folder of PORPOISE splits_{{k}}.csv files")
+        if not pd.api.types.is_integer_dtype(table[FOLD]):
+            raise ManifestError(f"split file {path}: column fold must hold whole numbers 0..K-1")
+        out = table[[PATIENT_ID, FOLD]].astype({FOLD: int})
+    check_splits(out, source=str(path))
+    if patients is not None:
+        extra = sorted(set(out[PATIENT_ID]) - set(patients))
+        if extra:
+            raise ManifestError(f"{path} names {len(extra)} patient(s) not in the cohort, "
+                                f"e.g. {extra[:MAX_NAMED]}")
+        left = len(set(patients) - set(out[PATIENT_ID]))
+        if left:
+            logger.warning("%d cohort patient(s) are in no fold of %s and are left out", left, path)
+    return out.sort_values(PATIENT_ID).reset_index(drop=True)
+
+
+def _read_porpoise(folder: Path) -> pd.DataFrame:
+    files = {int(m.group(1)): f for f in folder.iterdir() if (m := _PORPOISE_NAME.search(f.name))}
+    if sorted(files) != list(range(len(files))) or len(files) < 2:
+        raise ManifestError(f"{folder}: expected files splits_0.csv .. splits_{{K-1}}.csv (K >= 2), "
+                            f"found {sorted(f.name for f in files.values())}")
+    trains: dict[int, set[str]] = {}
+    rows = []
+    for k, file in sorted(files.items()):
+        table = read_table(file, what="split file", text_columns=["train", "val"])
+        if not {"train", "val"} <= set(table.columns):
+            raise ManifestError(f"split file {file} needs columns train and val; found {list(table.columns)}")
+        train_ids, val = (table[c].dropna().astype(str).tolist() for c in ("train", "val"))
+        for col, ids in (("train", train_ids), ("val", val)):
+            dup = sorted({p for p in ids if ids.count(p) > 1})
+            if dup:
+                raise ManifestError(f"{file}: patient(s) {dup[:MAX_NAMED]} appear twice in column {col}")
+        both = sorted(set(train_ids) & set(val))
+        if both:
+            raise ManifestError(f"{file}: patient {both[0]} is in both train and val"
+                                f"{f' (and {len(both) - 1} more)' if len(both) > 1 else ''}; "
+                                "a fold's training and test patients must differ")
+        trains[k] = set(train_ids)
+        rows += [(p, k) for p in val]
+    out = pd.DataFrame(rows, columns=[PATIENT_ID, FOLD])
+    check_splits(out, source=str(folder))
+    everyone = set(out[PATIENT_ID])
+    for k, train in trains.items():
+        stray = sorted(train - everyone)
+        if stray:
+            raise ManifestError(f"{files[k]}: patient {stray[0]} is in train but in no file's val column, "
+                                "so it is never tested; the files do not form a k-fold partition")
+        left = sorted(everyone - train - set(out.loc[out[FOLD] == k, PATIENT_ID]))
+        if left:
+            raise ManifestError(f"{files[k]}: patient {left[0]} ({len(left)} in all) is neither in train nor "
+                                "in val; every patient of other folds' val must train in this fold")
+    return out
+
+
+def save_splits(splits: pd.DataFrame, path: str | Path) -> None:
+    """Check and write a split table atomically (``.parquet`` as Parquet, else CSV)."""
+    check_splits(splits)
+    path = Path(path)
+    table = splits[[PATIENT_ID, FOLD]].sort_values(PATIENT_ID)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
