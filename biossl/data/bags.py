@@ -61,12 +61,16 @@ class BagSampler(Sampler[tuple[int, int]]):
 
     def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0) -> None:
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
-        #: Items of the current epoch to skip once (set when resuming mid-epoch).
-        self.skip = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, items) to skip once when resuming
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch used to seed the order and the draws."""
         self.epoch = epoch
+
+    def resume_from(self, epoch: int, items: int) -> None:
+        """Make the next pass over ``epoch`` skip its first ``items`` items (a mid-epoch resume)."""
+        self.epoch = epoch
+        self._skip = (epoch, items)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = (
@@ -74,7 +78,11 @@ class BagSampler(Sampler[tuple[int, int]]):
             if self.shuffle
             else np.arange(self.n)
         )
-        skip, self.skip = self.skip, 0
+        skip = 0
+        if self._skip is not None:
+            if self._skip[0] == self.epoch:
+                skip = self._skip[1]
+            self._skip = None
         return iter((int(i), self.epoch) for i in order[skip:])
 
     def __len__(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +22,22 @@ class ResumableLoader(DataLoader[Any]):
 
     Lightning saves ``state_dict()`` with a checkpoint and calls ``load_state_dict()`` before
     iterating again, so a run resumed mid-epoch continues with the batch it would have drawn next.
-    ``consumed`` (batches of the current epoch that training has used) is set by the training
-    module, since the loader itself runs ahead of training by the prefetched batches.
+    The loader runs ahead of training (prefetching), so the count of batches whose optimiser step
+    has finished comes from ``progress``, a callable installed by the training module.
     """
 
-    consumed: int = 0
+    progress: Callable[[], int] | None = None
 
     def state_dict(self) -> dict[str, int]:
-        """Epoch and batches consumed."""
-        sampler = self.sampler
-        return {"epoch": int(getattr(sampler, "epoch", 0)), "consumed": int(self.consumed)}
+        """Epoch and batches of it that training has finished."""
+        done = int(self.progress()) if self.progress is not None else 0
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "consumed": done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the batches of the saved epoch that were already consumed."""
+        """Skip the batches of the saved epoch that training had finished."""
         sampler = self.sampler
         if isinstance(sampler, BagSampler):
-            sampler.set_epoch(int(state["epoch"]))
-            sampler.skip = int(state["consumed"]) * int(self.batch_size or 1)
-        self.consumed = int(state["consumed"])
+            sampler.resume_from(int(state["epoch"]), int(state["consumed"]) * int(self.batch_size or 1))
 
 
 class BagDataModule(pl.LightningDataModule):

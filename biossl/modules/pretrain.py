@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from biossl import __version__
 from biossl.data import keys
 from biossl.encoders import ENCODERS
 from biossl.encoders.base import ModalityModel
 from biossl.encoders.pooling import GatedAttentionMIL
+from biossl.errors import InputError
 from biossl.objectives.clip import MultiModalCLIP
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,12 @@ class PretrainModule(pl.LightningModule):
         if len(self.encoders):
             return
         self._fill_from_data()
+        # Initial weights are a function of the seed alone, whatever the caller's RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self._build()
+
+    def _build(self) -> None:
         for m, spec in self.modality_specs.items():
             kwargs = {k: v for k, v in spec.items() if k != "encoder"}
             enc = ENCODERS.build(spec["encoder"], **kwargs)
@@ -189,17 +198,45 @@ class PretrainModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- resumability and checkpoint content ------------------------------------------------------
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Tell a resumable loader how many batches of this epoch training has consumed."""
+    def on_train_start(self) -> None:
+        """Let a resumable loader read how many batches of the epoch have finished their step."""
         loader = self.trainer.train_dataloader
-        if loader is not None and hasattr(loader, "consumed"):
-            loader.consumed = batch_idx + 1
+        if loader is not None and hasattr(loader, "progress"):
+            loop = self.trainer.fit_loop.epoch_loop
+            loader.progress = lambda: int(loop.batch_progress.current.processed)  # type: ignore[attr-defined]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the gene vocabulary, tokeniser, data fingerprint and resolved specs."""
-        from biossl import __version__
-
         checkpoint["biossl"] = {"version": __version__, **self.data_state}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> PretrainModule:
+        """Load a pretrained module with safe (``weights_only``) loading, without a trainer or data.
+
+        Raises:
+            InputError: The file is not a biossl pretraining checkpoint, or was written by an
+                incompatible biossl version.
+        """
+        path = Path(path)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise InputError(f"checkpoint {path} not found") from None
+        except Exception as exc:  # unpickling errors come in many types
+            raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        state = ckpt.get("biossl") if isinstance(ckpt, dict) else None
+        if not state or "modality_specs" not in state:
+            raise InputError(f"{path} is not a biossl pretraining checkpoint (no 'biossl' section)")
+        major = str(state.get("version", "0")).split(".")[0]
+        if major != __version__.split(".")[0]:
+            raise InputError(f"{path} was written by biossl {state.get('version')}; this is biossl {__version__}")
+        hparams = dict(ckpt["hyper_parameters"])
+        hparams["modalities"] = state["modality_specs"]
+        module = cls(**hparams)
+        module.data_state = dict(state)
+        module.configure_model()
+        module.load_state_dict(ckpt["state_dict"])
+        return module
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild encoders from the checkpoint's resolved specs before weights are loaded."""

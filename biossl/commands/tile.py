@@ -1,0 +1,80 @@
+"""``biossl tile``: detect tissue and write tile coordinates (HDF5) and a thumbnail per slide."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from biossl.errors import SlideError
+
+logger = logging.getLogger(__name__)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``"i/n"`` (0 <= i < n) into ``(i, n)``."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard wants i/n such as 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= i < n (for example 0/4 ... 3/4)")
+    return i, n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the verb's arguments to ``parser``."""
+    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="whole-slide images (.svs, .tif, ...)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for .h5 and thumbnails")
+    parser.add_argument("--mpp", type=float, default=0.5, help="target µm per pixel of tiles (default 0.5)")
+    parser.add_argument("--tile-size", type=int, default=256, help="tile side in pixels (default 256)")
+    parser.add_argument(
+        "--slide-mpp",
+        type=float,
+        default=None,
+        metavar="X",
+        help="level-0 µm/px of the slides, for files without it in their metadata",
+    )
+    parser.add_argument(
+        "--min-tissue",
+        type=float,
+        default=0.5,
+        help="keep tiles with at least this tissue fraction (default 0.5)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        metavar="i/n",
+        help="process every n-th slide of the sorted list, starting at i (0-based)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Tile every slide; print one line per slide and a total."""
+    from biossl.data.tiling import select_shard, tile_slides
+
+    if not select_shard(args.slides, args.shard):
+        print(f"shard {args.shard[0]}/{args.shard[1]} of {len(args.slides)} slides is empty; nothing to do")
+        return 0
+    results = tile_slides(
+        args.slides,
+        args.out,
+        shard=args.shard,
+        progress=not args.no_progress,
+        mpp=args.mpp,
+        tile_size=args.tile_size,
+        slide_mpp=args.slide_mpp,
+        min_tissue=args.min_tissue,
+    )
+    for r in results:
+        note = " (already tiled)" if r.reused else ""
+        print(
+            f"{r.slide.name}: {r.n_tiles} tiles, tissue {r.tissue_fraction:.1%}, "
+            f"level {r.level}, read {r.read_size} px -> {r.h5_path}{note}"
+        )
+    total = sum(r.n_tiles for r in results)
+    print(f"total: {total} tiles from {len(results)} slides in {args.out}")
+    if not results:
+        raise SlideError("no slide produced tiles (see the warnings above); lower --min-tissue or check the slides")
+    return 0

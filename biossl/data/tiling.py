@@ -1,0 +1,297 @@
+"""Tile one slide: choose the pyramid level, keep tiles on tissue, write coordinates and a thumbnail.
+
+Writes, atomically, ``<out>/<slide_stem>.h5`` (``coords``: int64 ``[N, 2]`` level-0 x, y of each tile's
+top-left corner; ``tissue``: float32 ``[N]`` tissue fraction per tile; attributes saying how to read
+a tile, ``slide_path``, ``level``, ``read_size``, ``tile_size``, and how it was made) and
+``<out>/<slide_stem>_thumbnail.png`` (kept tiles outlined). Only the smallest level is ever read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from biossl import __version__
+from biossl.data.tissue import TissueMask, detect_tissue, write_thumbnail
+from biossl.data.wsi import Slide
+from biossl.errors import SlideError
+from biossl.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+_MPP_SLACK = 1.02  # a level at 0.5015 µm/px still counts as 0.5
+
+
+class NoTissueError(SlideError):
+    """No tile of the slide reaches the requested tissue fraction."""
+
+
+@dataclass(frozen=True)
+class TilingResult:
+    """What :func:`tile_slide` did for one slide.
+
+    Attributes:
+        slide: The slide file.
+        n_tiles: Tiles kept.
+        tissue_fraction: Fraction of the slide area detected as tissue.
+        level: Pyramid level the tiles are read from.
+        read_size: Tile side in pixels at ``level`` (resized to ``tile_size`` on reading).
+        h5_path: The coordinates file.
+        thumbnail_path: The PNG with the kept tiles outlined.
+        reused: True when a valid ``.h5`` from an earlier run was kept.
+    """
+
+    slide: Path
+    n_tiles: int
+    tissue_fraction: float
+    level: int
+    read_size: int
+    h5_path: Path
+    thumbnail_path: Path
+    reused: bool = False
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        """The two output files."""
+        return self.h5_path, self.thumbnail_path
+
+
+def choose_level(slide: Slide, *, mpp: float, tile_size: int) -> tuple[int, int]:
+    """Return ``(level, read_size)``: the coarsest level at least as fine as ``mpp``, and the tile side there.
+
+    Raises:
+        SlideError: Level 0 is coarser than ``mpp`` (upsampling would invent detail).
+    """
+    candidates = [lv for lv in range(slide.level_count) if slide.level_mpp(lv) <= mpp * _MPP_SLACK]
+    if not candidates:
+        raise SlideError(
+            f"slide {slide.path} is scanned at {slide.level_mpp(0):.3f} µm/px, coarser than the requested "
+            f"--mpp {mpp}; pass --mpp {slide.level_mpp(0):.3f} or larger (or fix --slide-mpp)"
+        )
+    level = max(candidates, key=lambda lv: slide.level_downsamples[lv])
+    read_size = max(1, round(tile_size * mpp / slide.level_mpp(level)))
+    return level, read_size
+
+
+def grid(slide: Slide, tissue: TissueMask, *, level: int, read_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All full tiles of the level's grid as level-0 ``coords [M, 2]`` and their tissue fractions ``[M]``."""
+    lw, lh = slide.level_dimensions[level]
+    ds = slide.level_downsamples[level]
+    nx, ny = lw // read_size, lh // read_size
+    if nx == 0 or ny == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    gx, gy = np.meshgrid(np.arange(nx), np.arange(ny))
+    coords = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float64) * read_size * ds
+    coords = np.round(coords).astype(np.int64)
+    # Mean of the mask over each tile's footprint via a summed-area table.
+    mask = tissue.mask
+    sat = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    sat[1:, 1:] = mask.cumsum(0).cumsum(1)
+    extent = read_size * ds
+    dsx, dsy = tissue.downsample
+    x0 = np.clip(np.floor(coords[:, 0] / dsx).astype(np.int64), 0, mask.shape[1] - 1)
+    y0 = np.clip(np.floor(coords[:, 1] / dsy).astype(np.int64), 0, mask.shape[0] - 1)
+    x1 = np.clip(np.ceil((coords[:, 0] + extent) / dsx).astype(np.int64), x0 + 1, mask.shape[1])
+    y1 = np.clip(np.ceil((coords[:, 1] + extent) / dsy).astype(np.int64), y0 + 1, mask.shape[0])
+    area = (x1 - x0) * (y1 - y0)
+    inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+    return coords, (inside / area).astype(np.float32)
+
+
+def read_params(h5_path: Path) -> dict[str, Any]:
+    """Return the attributes of a coordinates file (raises ``OSError`` if it is unreadable)."""
+    with h5py.File(h5_path, "r") as f:
+        if "coords" not in f:
+            raise OSError(f"{h5_path} has no 'coords' dataset")
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def tile_slide(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    mpp: float = 0.5,
+    tile_size: int = 256,
+    slide_mpp: float | None = None,
+    min_tissue: float = 0.5,
+    max_side: int = 2048,
+    min_saturation: float = 0.07,
+) -> TilingResult:
+    """Tile one slide at ``mpp`` µm/px and write ``<out_dir>/<stem>.h5`` and ``<stem>_thumbnail.png``.
+
+    Args:
+        path: The slide file.
+        out_dir: Output folder (created if missing).
+        mpp: Target µm per pixel of the tiles.
+        tile_size: Tile side in pixels after resizing.
+        slide_mpp: Level-0 µm/px, overriding or supplying the slide's metadata.
+        min_tissue: Keep tiles whose tissue fraction is at least this (0-1).
+        max_side: Longest side of the tissue mask in pixels.
+        min_saturation: Saturation floor of the tissue detector.
+
+    Returns:
+        A :class:`TilingResult`.
+
+    Raises:
+        SlideError: The slide cannot be read or has no µm/px.
+        NoTissueError: No tile reaches ``min_tissue`` (no ``.h5`` is written; the thumbnail is, so a
+            person can see why). :func:`tile_slides` turns this into a warning and a skip.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    if not 0.0 <= min_tissue <= 1.0:
+        raise SlideError(f"--min-tissue must be between 0 and 1, got {min_tissue}")
+    if not mpp > 0 or tile_size < 1:
+        raise SlideError(f"--mpp must be positive and --tile-size at least 1, got {mpp} and {tile_size}")
+    h5_path = out_dir / f"{path.stem}.h5"
+    thumb_path = out_dir / f"{path.stem}_thumbnail.png"
+    with Slide(path, slide_mpp=slide_mpp) as slide:
+        level, read_size = choose_level(slide, mpp=mpp, tile_size=tile_size)
+        tissue = detect_tissue(slide, max_side=max_side, min_saturation=min_saturation)
+        coords, fractions = grid(slide, tissue, level=level, read_size=read_size)
+        keep = fractions >= min_tissue
+        coords, fractions = coords[keep], fractions[keep]
+        ds = slide.level_downsamples[level]
+        write_thumbnail(thumb_path, tissue, coords, read_size * ds)
+        if len(coords) == 0:
+            raise NoTissueError(
+                f"slide {path}: no tile has tissue fraction >= {min_tissue} (tissue found on "
+                f"{tissue.fraction:.1%} of the slide; see {thumb_path}); lower --min-tissue or drop the slide"
+            )
+        attrs: dict[str, Any] = {
+            "slide_path": str(path.resolve()),
+            "slide_name": path.name,
+            "level": level,
+            "read_size": read_size,
+            "tile_size": tile_size,
+            "target_mpp": mpp,
+            "slide_mpp": float(slide.mpp or 0.0),
+            "slide_mpp_overridden": slide_mpp is not None,
+            "level_mpp": slide.level_mpp(level),
+            "downsample": ds,
+            "level0_tile_extent": read_size * ds,
+            "min_tissue": min_tissue,
+            "mask_downsample": np.asarray(tissue.downsample, np.float64),
+            "mask_shape": np.asarray(tissue.mask.shape, np.int64),
+            "mask_threshold": tissue.threshold,
+            "mask_min_saturation": min_saturation,
+            "mask_max_side": max_side,
+            "tissue_fraction": tissue.fraction,
+            "n_tiles": len(coords),
+            "biossl_version": __version__,
+        }
+    with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coords", data=coords.astype(np.int64))
+        f.create_dataset("tissue", data=fractions.astype(np.float32))
+        f.attrs.update(attrs)
+    logger.info("%s: %d tiles, tissue %.1f%%, level %d", path.name, len(coords), 100 * tissue.fraction, level)
+    return TilingResult(path, len(coords), tissue.fraction, level, read_size, h5_path, thumb_path)
+
+
+def _reusable(h5_path: Path, params: dict[str, Any]) -> bool:
+    """True if ``h5_path`` is a finished output made with ``params``; raise if made with others."""
+    if not h5_path.exists():
+        return False
+    try:
+        old = read_params(h5_path)
+    except OSError as exc:
+        logger.warning("%s is unreadable (%s); tiling its slide again", h5_path, exc)
+        return False
+    differ = {k: (old.get(k), v) for k, v in params.items() if not np.isclose(old.get(k, np.nan), v)}
+    if differ:
+        said = ", ".join(f"{k}={was} (now {now})" for k, (was, now) in differ.items())
+        raise SlideError(f"{h5_path} was made with {said}; use another --out folder or delete the old files")
+    return True
+
+
+def select_shard(paths: Iterable[str | os.PathLike[str]], shard: tuple[int, int] | None) -> list[Path]:
+    """Sort ``paths`` and keep every ``n``-th one starting at ``i`` for ``shard=(i, n)``, 0 <= i < n."""
+    ordered = sorted({Path(p) for p in paths})
+    if shard is None:
+        return ordered
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise SlideError(f"--shard {i}/{n} is invalid; use i/n with 0 <= i < n (for example 0/4 ... 3/4)")
+    return ordered[i::n]
+
+
+def tile_slides(
+    paths: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> list[TilingResult]:
+    """Tile many slides into ``out_dir``, skipping those already done with the same parameters.
+
+    Every slide of the shard is opened first, so a bad file or a missing µm/px fails the run before
+    any work, with every bad file listed. A slide without tissue is logged as a warning and skipped
+    (a cohort of 500 slides should not stop for one blank slide); it is absent from the result.
+
+    Args:
+        paths: Slide files (sorted before sharding).
+        out_dir: Output folder.
+        shard: ``(i, n)`` to process every ``n``-th slide of the sorted list starting at ``i``.
+        progress: Show a tqdm progress bar.
+        **options: Keyword options of :func:`tile_slide`.
+
+    Returns:
+        One :class:`TilingResult` per tiled or reused slide.
+
+    Raises:
+        SlideError: Some slides are unreadable, lack µm/px, or share a file stem.
+    """
+    out_dir = Path(out_dir)
+    slides = select_shard(paths, shard)
+    stems: dict[str, Path] = {}
+    problems: list[str] = []
+    for path in slides:
+        if path.stem in stems:
+            problems.append(f"{path} and {stems[path.stem]} would both write {path.stem}.h5; rename one")
+        stems[path.stem] = path
+        try:
+            Slide(path, slide_mpp=options.get("slide_mpp")).close()
+        except SlideError as exc:
+            problems.append(str(exc))
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise SlideError(f"{len(problems)} of {len(slides)} slides cannot be tiled{more}: " + "; ".join(problems[:5]))
+    params = {
+        "target_mpp": options.get("mpp", 0.5),
+        "tile_size": options.get("tile_size", 256),
+        "min_tissue": options.get("min_tissue", 0.5),
+    }
+    if options.get("slide_mpp") is not None:
+        params["slide_mpp"] = options["slide_mpp"]
+    results: list[TilingResult] = []
+    for path in tqdm(slides, desc="tiling", unit="slide", disable=not progress):
+        h5_path = out_dir / f"{path.stem}.h5"
+        if _reusable(h5_path, params):
+            old = read_params(h5_path)
+            results.append(
+                TilingResult(
+                    path,
+                    int(old["n_tiles"]),
+                    float(old["tissue_fraction"]),
+                    int(old["level"]),
+                    int(old["read_size"]),
+                    h5_path,
+                    out_dir / f"{path.stem}_thumbnail.png",
+                    reused=True,
+                )
+            )
+            logger.info("%s: already tiled (%s), skipped", path.name, h5_path)
+            continue
+        try:
+            results.append(tile_slide(path, out_dir, **options))
+        except NoTissueError as exc:
+            logger.warning("skipping: %s", exc)
+    return results
