@@ -167,7 +167,7 @@ def build_demo_cohort(shared: Path, out: Path = DEMO_DIR, *, seed: int = 0) -> p
 
     # DNA: eight real human core-promoter sequences (GUE) per patient, for 16 patients.
     gue = pd.read_csv(shared / "dna_gue" / "prom_prom_core_all" / "test.csv")
-    seq_patients = order[8:]
+    seq_patients = order[4:12] + order[16:]
     pick = rng.choice(len(gue), size=8 * len(seq_patients), replace=False)
     for i, pid in enumerate(seq_patients):
         name = f"sequences/{pid}.fasta"

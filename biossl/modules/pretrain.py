@@ -167,8 +167,8 @@ class PretrainModule(pl.LightningModule):
             c_total, pairs = self.contrastive(pooled, present)
             total = total + self.contrastive_weight * c_total
             self.log("train/contrastive", c_total, batch_size=bsz)
-            for name, v in pairs.items():
-                self.log(f"train/{name}", v, batch_size=bsz)
+            for name in self.contrastive.last_scored:  # pairs with >= 2 patients having both
+                self.log(f"train/{name}", pairs[name], batch_size=bsz)
         self.log("train/loss", total, batch_size=bsz, prog_bar=True)
         return total
 

@@ -150,6 +150,8 @@ class MultiModalCLIP(nn.Module):
         self.modalities = tuple(m for m in MODALITIES if m in set(modalities))
         if len(self.modalities) < 2:
             raise InputError(f"the CLIP objective needs two or more modalities; got {list(modalities)}")
+        #: Names of the pairs scored in the last call (>= 2 patients with both modalities).
+        self.last_scored: list[str] = []
         self.pairs = list(itertools.combinations(self.modalities, 2))
         self.losses = nn.ModuleDict(
             {
@@ -196,6 +198,7 @@ class MultiModalCLIP(nn.Module):
                 pres[m] = torch.zeros(ref.shape[0], dtype=torch.bool, device=ref.device)
         per_pair: dict[str, torch.Tensor] = {}
         scored: list[torch.Tensor] = []
+        self.last_scored: list[str] = []
         skipped = ref[:0].sum()  # zeros that keep skipped pairs' temperatures in the graph (DDP)
         for m1, m2 in self.pairs:
             clip = cast(CLIPLoss, self.losses[f"{m1}-{m2}"])
@@ -203,6 +206,7 @@ class MultiModalCLIP(nn.Module):
             per_pair[f"clip/{m1}-{m2}"] = value
             if clip.last_n_valid >= 2:
                 scored.append(value)
+                self.last_scored.append(f"clip/{m1}-{m2}")
             else:
                 skipped = skipped + value
         total = torch.stack(scored).mean() + skipped if scored else skipped
