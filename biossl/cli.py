@@ -22,6 +22,7 @@ VERBS: dict[str, str] = {
     "cohort": "cohort",
     "demo": "demo",
     "pretrain": "pretrain",
+    "cache-features": "cache_features",
 }
 
 #: verbs that parse their own arguments (LightningCLI): ``main(argv) -> int``.
@@ -32,6 +33,7 @@ _HELP: dict[str, str] = {
     "cohort": "validate a cohort manifest and print patients x modalities",
     "demo": "run the whole chain on the bundled demo cohort",
     "pretrain": "joint multimodal self-supervised pretraining (LightningCLI; --config, --print_config)",
+    "cache-features": "embed every tile once with a frozen encoder; one features HDF5 per slide",
 }
 
 

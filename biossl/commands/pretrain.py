@@ -89,6 +89,13 @@ def main(argv: Sequence[str]) -> int:
         subclass_mode_data=False,
         auto_configure_optimizers=False,
     )
+    # The resolved run travels inside every checkpoint (plain YAML text: safe for weights_only loading).
+    cli.model.data_state["config"] = cli.parser.dump(cli.config, skip_none=False)
     ckpt = cli.config.get("ckpt_path")
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    # last.ckpt holds the final state, also when max_steps is not a multiple of checkpoint_every.
+    checkpoint = cli.trainer.checkpoint_callback
+    folder = getattr(checkpoint, "dirpath", None)
+    if folder and cli.trainer.global_step > 0:
+        cli.trainer.save_checkpoint(Path(folder) / "last.ckpt")
     return 0

@@ -103,6 +103,8 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
             needed when the cohort has slides.
         vocabulary: Gene vocabulary that expression is aligned to; needed when the cohort has
             expression.
+        features_dir: Folder of cached tile embeddings (``biossl cache-features``); when given, a
+            slide bag is ``k`` feature vectors ``[k, D]`` instead of ``k`` tiles of pixels.
         volume_cache_dir: Optional folder where preprocessed scans are cached as ``.npy``.
         seed: Seed of all draws.
         train: Random draws (True) or the same first-k draw every epoch (False).
@@ -114,6 +116,7 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
         *,
         spec: BagSpec | None = None,
         coords_dir: Path | None = None,
+        features_dir: Path | None = None,
         vocabulary: Any | None = None,
         volume_cache_dir: Path | None = None,
         seed: int = 0,
@@ -130,8 +133,14 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
         self._tiles: dict[str, list[tuple[Path, int]]] = {}
         self._expr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._seqs: dict[str, np.ndarray] = {}
+        self.features_dir = Path(features_dir) if features_dir is not None else None
+        #: Width of cached tile features (None when slides are read as pixels).
+        self.feature_dim: int | None = None
         if keys.WSI in self.modalities:
-            self._index_tiles(coords_dir)
+            if self.features_dir is not None:
+                self._index_features()
+            else:
+                self._index_tiles(coords_dir)
         if keys.EXPRESSION in self.modalities:
             self._load_expression()
         if keys.SEQUENCE in self.modalities:
@@ -158,6 +167,18 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
                     )
                 entries.append((h5, len(SlideTiles(h5))))
             self._tiles[p] = [(h5, n) for h5, n in entries if n > 0]
+
+    def _index_features(self) -> None:
+        from biossl.data.features import SlideFeatures, common_embed_dim, feature_files_for
+
+        assert self.features_dir is not None
+        files: list[Path] = []
+        for p in self.patients:
+            h5s = feature_files_for(self.cohort.files(p, keys.WSI), self.features_dir, patient=p)
+            self._tiles[p] = [(h5, n) for h5 in h5s if (n := len(SlideFeatures(h5))) > 0]
+            files += h5s
+        if files:
+            self.feature_dim = common_embed_dim(files)
 
     def _load_expression(self) -> None:
         from biossl.data.expression import read_expression
@@ -230,6 +251,8 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
             self._slide_tiles = {}
         offsets = np.cumsum([0] + [n for _, n in slides])
         chosen = self._pick(int(offsets[-1]), self.spec.tiles, rng)
+        if self.features_dir is not None:
+            return self._draw_features(slides, offsets, chosen), {}
         out = []
         for flat in chosen:
             s = int(np.searchsorted(offsets, flat, side="right") - 1)
@@ -243,6 +266,21 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
         if x.shape[-1] != self.spec.tile_px:
             x = torch.nn.functional.interpolate(x, size=self.spec.tile_px, mode="bilinear", antialias=True)
         return x, {}
+
+    def _draw_features(self, slides: list[tuple[Path, int]], offsets: np.ndarray, chosen: np.ndarray) -> torch.Tensor:
+        from biossl.data.features import SlideFeatures
+
+        assert self._slide_tiles is not None
+        slide_of = np.searchsorted(offsets, chosen, side="right") - 1
+        rows = np.zeros((len(chosen), int(self.feature_dim or 0)), dtype=np.float32)
+        for s in np.unique(slide_of):
+            h5 = slides[int(s)][0]
+            reader = self._slide_tiles.get(h5)
+            if reader is None:
+                reader = self._slide_tiles[h5] = SlideFeatures(h5)
+            where = np.flatnonzero(slide_of == s)
+            rows[where] = reader.read(chosen[where] - offsets[s])
+        return torch.from_numpy(rows)
 
     def _draw_volume(self, p: str, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, Any]] | None:
         from biossl.data.patches import random_patches

@@ -57,6 +57,8 @@ class BagDataModule(pl.LightningDataModule):
         tile_size: Tile edge at ``mpp`` (pixels) written by the tiler.
         min_tissue: Minimum tissue fraction of a kept tile.
         skip_bad: Skip unreadable manifest rows with a warning and a report instead of failing.
+        features_dir: Cached tile embeddings from ``biossl cache-features``; slides are then read as
+            feature vectors (use the ``features/mlp`` encoder for ``wsi``) and are not tiled again.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class BagDataModule(pl.LightningDataModule):
         tile_size: int = 256,
         min_tissue: float = 0.5,
         skip_bad: bool = False,
+        features_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.manifest = Path(manifest)
@@ -79,6 +82,7 @@ class BagDataModule(pl.LightningDataModule):
         self.spec = spec or BagSpec()
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.mpp, self.tile_size, self.min_tissue, self.skip_bad = mpp, tile_size, min_tissue, skip_bad
+        self.features_dir = Path(features_dir) if features_dir is not None else None
         self.cohort: Cohort | None = None
         self.dataset: PatientBagDataset | None = None
         self.vocabulary: Any = None
@@ -102,7 +106,7 @@ class BagDataModule(pl.LightningDataModule):
 
         cohort = self.load_cohort()
         slides = sorted({f for p in cohort.patients for f in cohort.files(p, keys.WSI)})
-        if slides:
+        if slides and self.features_dir is None:
             tile_slides(slides, self.coords_dir, mpp=self.mpp, tile_size=self.tile_size,
                         min_tissue=self.min_tissue)
 
@@ -110,7 +114,8 @@ class BagDataModule(pl.LightningDataModule):
         """Build the bag dataset (and the gene vocabulary when none was given)."""
         if self.dataset is None:
             self.dataset = PatientBagDataset(
-                self.load_cohort(), spec=self.spec, coords_dir=self.coords_dir, vocabulary=self.vocabulary,
+                self.load_cohort(), spec=self.spec, coords_dir=self.coords_dir, features_dir=self.features_dir,
+                vocabulary=self.vocabulary,
                 volume_cache_dir=self.work_dir / "volume_cache", seed=self.seed,
             )
             self.vocabulary = self.dataset.vocabulary

@@ -117,6 +117,9 @@ class PretrainModule(pl.LightningModule):
             self.data_state["bag_spec"] = dict(vars(dm.spec))
         if keys.EXPRESSION in self.modality_specs and "vocabulary" in self.data_state:
             self.modality_specs[keys.EXPRESSION].setdefault("n_genes", len(self.data_state["vocabulary"]))
+        feature_dim = getattr(getattr(dm, "dataset", None), "feature_dim", None)
+        if keys.WSI in self.modality_specs and feature_dim:
+            self.modality_specs[keys.WSI].setdefault("in_dim", int(feature_dim))
         if keys.SEQUENCE in self.modality_specs and dm is not None:
             self.modality_specs[keys.SEQUENCE].setdefault("max_len", dm.spec.window_length)
             self.data_state["tokeniser"] = {"alphabet": keys.NUCLEOTIDES, "pad": keys.PAD_TOKEN,

@@ -198,7 +198,7 @@ class MultiModalCLIP(nn.Module):
                 pres[m] = torch.zeros(ref.shape[0], dtype=torch.bool, device=ref.device)
         per_pair: dict[str, torch.Tensor] = {}
         scored: list[torch.Tensor] = []
-        self.last_scored: list[str] = []
+        self.last_scored = []
         skipped = ref[:0].sum()  # zeros that keep skipped pairs' temperatures in the graph (DDP)
         for m1, m2 in self.pairs:
             clip = cast(CLIPLoss, self.losses[f"{m1}-{m2}"])

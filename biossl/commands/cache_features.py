@@ -1,0 +1,167 @@
+"""``biossl cache-features``: embed every tile once with a frozen encoder and write one HDF5 per slide.
+
+The encoder is a pretraining checkpoint's wsi encoder (``--checkpoint``) or a registered image
+encoder with fixed-seed random weights (``--encoder``, a baseline). Slides already cached with the
+same encoder weights and tile size are skipped, so an interrupted run can be started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from biossl.commands.tile import parse_shard
+from biossl.data import keys
+from biossl.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = f"encoders.{keys.WSI}."
+
+
+def parse_encoder_arg(text: str) -> tuple[str, Any]:
+    """Parse ``k=v`` (``v`` read as YAML: ``64`` is an int, ``[8, 8]`` a list) into ``(k, v)``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--encoder-arg wants key=value such as img_size=64, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the verb's arguments to ``parser``."""
+    parser.add_argument("coords_dir", type=Path, metavar="COORDS_DIR", help="folder of .h5 files from `biossl tile`")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder for feature .h5 files")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, metavar="CKPT", help="pretraining checkpoint with a wsi encoder")
+    source.add_argument("--encoder", metavar="NAME", help="registered image encoder (random weights, seed 0)")
+    parser.add_argument("--encoder-arg", type=parse_encoder_arg, action="append", default=[], metavar="K=V",
+                        help="keyword argument of --encoder (repeatable), e.g. img_size=64")
+    parser.add_argument("--tile-px", type=int, default=None,
+                        help="tile edge fed to the encoder (default: the checkpoint's, else the encoder's img_size)")
+    parser.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass (default 256)")
+    parser.add_argument("--num-workers", type=int, default=4, help="tile-reading worker processes (default 4)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
+                        help="process every n-th coordinates file of the sorted list, starting at i")
+    parser.add_argument("--overwrite", action="store_true", help="recompute files that already exist")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def load_checkpoint_encoder(path: Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """Build the wsi encoder of a pretraining checkpoint and load its weights.
+
+    Returns:
+        ``(encoder, spec, bag_spec)``: the spec is ``{"encoder": name, **kwargs}``; ``bag_spec`` is the
+        data's bag spec stored in the checkpoint (empty if absent).
+
+    Raises:
+        InputError: The file is missing or unreadable, is not a biossl checkpoint, or has no wsi
+            encoder that reads pixels.
+    """
+    from biossl.encoders import ENCODERS
+
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} not found; pass the .ckpt written by `biossl pretrain`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    state = ckpt.get("biossl") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or "modality_specs" not in state or "state_dict" not in ckpt:
+        raise InputError(f"{path} is not a biossl pretraining checkpoint (no 'biossl' section); use `biossl pretrain`")
+    specs = state["modality_specs"]
+    if keys.WSI not in specs:
+        raise InputError(
+            f"checkpoint {path} has no wsi encoder (its modalities: {', '.join(specs) or 'none'}); pass a "
+            "checkpoint from a run on slides, or --encoder NAME"
+        )
+    spec = dict(specs[keys.WSI])
+    if str(spec.get("encoder", "")).startswith("features/"):
+        raise InputError(f"checkpoint {path}: its wsi encoder {spec['encoder']} reads cached features, not pixels")
+    weights = {k[len(_PREFIX) :].replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()
+               if k.startswith(_PREFIX)}
+    encoder = ENCODERS.build(spec["encoder"], **{k: v for k, v in spec.items() if k != "encoder"})
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint {path}: wsi weights do not fit {spec['encoder']} ({exc})") from None
+    return encoder, spec, dict(state.get("bag_spec") or {})
+
+
+def _build_encoder(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    from biossl.encoders import ENCODERS
+
+    try:
+        factory = ENCODERS.get(name)
+    except KeyError as exc:
+        raise InputError(str(exc.args[0])) from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            return factory(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"--encoder {name} with {kwargs}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Cache features of every coordinates file in ``COORDS_DIR``; print one line per slide and a total."""
+    from biossl.data.features import SlideFeatures, encoder_fingerprint, encoder_input_px, write_tile_features
+    from biossl.data.tiling import select_shard
+
+    coords_dir: Path = args.coords_dir
+    if not coords_dir.is_dir():
+        raise InputError(f"coordinates folder {coords_dir} not found; pass the --out folder of `biossl tile`")
+    if coords_dir.resolve() == Path(args.out).resolve():
+        raise InputError(f"--out {args.out} is the coordinates folder; features need a folder of their own")
+    files = sorted(coords_dir.glob("*.h5"))
+    if not files:
+        raise InputError(f"{coords_dir} has no .h5 coordinates files; run `biossl tile SLIDES --out {coords_dir}`")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise InputError(f"--batch-size must be >= 1 and --num-workers >= 0, got {args.batch_size}, {args.num_workers}")
+    files = select_shard(files, args.shard)
+    if not files:
+        print(f"shard {args.shard[0]}/{args.shard[1]} of the coordinates files is empty; nothing to do")
+        return 0
+    if args.checkpoint is not None:
+        encoder, spec, bag_spec = load_checkpoint_encoder(args.checkpoint)
+        name, extra = spec["encoder"], {"encoder_checkpoint": str(args.checkpoint.resolve())}
+        tile_px = args.tile_px or bag_spec.get("tile_px") or encoder_input_px(encoder)
+    else:
+        kwargs = dict(args.encoder_arg)
+        encoder = _build_encoder(args.encoder, kwargs)
+        name, extra = args.encoder, {"encoder_kwargs": yaml.safe_dump(kwargs, default_flow_style=True).strip()}
+        tile_px = args.tile_px or encoder_input_px(encoder)
+        logger.warning("--encoder %s has random weights (seed 0): these features are a baseline only", name)
+    fingerprint = encoder_fingerprint(encoder)
+    total = 0
+    for h5 in files:
+        try:
+            out = write_tile_features(
+                h5,
+                encoder,
+                args.out,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                tile_px=tile_px,
+                device=args.device,
+                encoder_name=name,
+                fingerprint=fingerprint,
+                extra_attrs=extra,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+        except InputError:
+            raise
+        except ValueError as exc:  # the encoder rejected the tiles (size, channels) or gave bad values
+            raise InputError(f"{h5}: {exc}; check --tile-px and the encoder") from None
+        feats = SlideFeatures(out)
+        total += len(feats)
+        print(f"{h5.stem}: {len(feats)} tiles x {feats.embed_dim} -> {out}")
+    size = f"{tile_px} px" if tile_px else "tiler's size"
+    print(f"total: {total} tiles from {len(files)} slides in {args.out} (encoder {name}, tiles at {size})")
+    return 0

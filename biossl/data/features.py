@@ -1,0 +1,283 @@
+"""Tile-feature cache: embed every tile of a slide once with a frozen encoder, read embeddings later.
+
+A slide has 10k-50k tiles; patient-level pretraining reads a few of them per step, so reading
+precomputed embeddings instead of pixels makes a step cheap. :func:`write_tile_features` writes,
+atomically, ``<out_dir>/<slide_stem>.h5`` with
+
+* ``features``: float16 ``[N, D]``, row ``i`` the embedding of tile ``i`` of the coordinates file;
+* ``coords``: int64 ``[N, 2]``, copied from the coordinates file (same order);
+* attributes ``encoder``, ``embed_dim``, ``weights_sha1`` (of the encoder's weights), ``tile_px``,
+  ``source_coords``, ``slide_path``, ``n_tiles``, ``biossl_version`` and any ``extra_attrs``.
+
+Tiles are fed to the encoder exactly as :class:`biossl.data.bags.PatientBagDataset` feeds pixels
+(float in [0, 1], bilinear antialiased resize to ``tile_px``), so a checkpoint's wsi encoder sees
+the same input here as in training. :class:`SlideFeatures` reads rows back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.nn.functional import interpolate
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from biossl import __version__
+from biossl.data.tiles import SlideTiles, TileDataset
+from biossl.errors import InputError, SlideError
+from biossl.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """SHA-1 of the encoder's weights (names, shapes, dtypes and values): identifies a cache's encoder."""
+    h = hashlib.sha1()
+    for name, t in sorted(encoder.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def encoder_input_px(encoder: torch.nn.Module) -> int | None:
+    """The square input edge an encoder was built for (its ``img_size``), or ``None`` if it has none."""
+    size = getattr(encoder, "img_size", None)
+    if isinstance(size, int):
+        return size
+    if isinstance(size, tuple | list) and len(set(size)) == 1 and isinstance(size[0], int):
+        return int(size[0])
+    return None
+
+
+class ResizeTile:
+    """Resize a ``[3, H, W]`` float tile to ``[3, tile_px, tile_px]`` as the bag dataset does (picklable)."""
+
+    def __init__(self, tile_px: int) -> None:
+        self.tile_px = tile_px
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the resized tile (unchanged when it already has the size)."""
+        if x.shape[-1] == self.tile_px and x.shape[-2] == self.tile_px:
+            return x
+        return interpolate(x[None], size=self.tile_px, mode="bilinear", antialias=True)[0]
+
+
+def _cached(out: Path, coords: np.ndarray, identity: Mapping[str, Any]) -> bool:
+    """True if ``out`` holds features for exactly ``coords`` from the same encoder and tile size."""
+    if not out.exists():
+        return False
+    try:
+        with h5py.File(out, "r") as f:
+            shape, old_coords, attrs = f["features"].shape, f["coords"][:], dict(f.attrs)
+    except (OSError, KeyError) as exc:
+        logger.warning("%s is unreadable (%s); computing its features again", out, exc)
+        return False
+    if shape[0] != len(coords) or not np.array_equal(old_coords, coords):
+        logger.warning("%s lists other tiles than its coordinates file now does; computing again", out)
+        return False
+    differ = [f"{k}={attrs.get(k)!r} (now {v!r})" for k, v in identity.items() if attrs.get(k) != v]
+    if differ:
+        raise InputError(
+            f"{out} was made with {', '.join(differ)}; use another --out folder, delete it, or pass --overwrite"
+        )
+    return True
+
+
+def write_tile_features(
+    coords_h5: str | os.PathLike[str],
+    encoder: torch.nn.Module,
+    out_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    tile_px: int | None = None,
+    device: str | torch.device = "auto",
+    encoder_name: str | None = None,
+    fingerprint: str | None = None,
+    extra_attrs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Embed every tile listed in ``coords_h5`` and write ``<out_dir>/<slide_stem>.h5``.
+
+    The encoder (any module with ``embed(x [n, 3, H, W]) -> [n, D]`` and an int ``embed_dim``) is
+    moved to ``device`` and put in eval mode; it runs under :func:`torch.inference_mode`, with bf16
+    autocast on CUDA. A finished file for the same tiles, encoder weights and ``tile_px`` is kept.
+
+    Args:
+        coords_h5: A coordinates file written by ``biossl tile``.
+        encoder: The frozen tile encoder.
+        out_dir: Output folder (created if missing); must differ from the coordinates folder.
+        batch_size: Tiles per forward pass.
+        num_workers: DataLoader worker processes reading tiles.
+        tile_px: Tile edge fed to the encoder; ``None`` is the encoder's square ``img_size`` if it has
+            one, else the tiler's ``tile_size``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        encoder_name: Stored in the ``encoder`` attribute (default: the class name).
+        fingerprint: :func:`encoder_fingerprint` of ``encoder``, if already computed.
+        extra_attrs: More attributes to store (for example the checkpoint path).
+        overwrite: Recompute even if a matching file exists.
+        progress: Show a tqdm progress bar over tiles.
+
+    Returns:
+        The features file.
+
+    Raises:
+        SlideError: The coordinates file or its slide cannot be read.
+        InputError: ``out_dir`` is the coordinates folder, or an existing file was made differently.
+        ValueError: The encoder returns the wrong shape or non-finite / fp16-overflowing values.
+    """
+    coords_h5, out_dir = Path(coords_h5), Path(out_dir)
+    embed_dim = getattr(encoder, "embed_dim", None)
+    if not callable(getattr(encoder, "embed", None)) or not isinstance(embed_dim, int):
+        raise TypeError(f"{type(encoder).__name__} has no embed() and int embed_dim; pass a ModalityModel")
+    out = out_dir / f"{coords_h5.stem}.h5"
+    if out.resolve() == coords_h5.resolve():
+        raise InputError(f"--out {out_dir} is the coordinates folder; features would overwrite {coords_h5}")
+    tiles = SlideTiles(coords_h5)
+    if len(tiles) == 0:
+        raise SlideError(f"{coords_h5} lists no tiles; tile the slide again with a lower --min-tissue")
+    tile_px = int(tile_px or encoder_input_px(encoder) or tiles.tile_size)
+    identity = {
+        "encoder": encoder_name or type(encoder).__name__,
+        "weights_sha1": fingerprint or encoder_fingerprint(encoder),
+        "embed_dim": embed_dim,
+        "tile_px": tile_px,
+    }
+    if not overwrite and _cached(out, tiles.coords, identity):
+        logger.info("%s: features already cached in %s, skipped", coords_h5.stem, out)
+        return out
+    dev = resolve_device(device)
+    encoder.to(dev).eval()
+    dataset = TileDataset([coords_h5], transform=ResizeTile(tile_px))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    n = len(dataset)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        feats = f.create_dataset("features", shape=(n, embed_dim), dtype=np.float16)
+        f.create_dataset("coords", data=tiles.coords.astype(np.int64))
+        bar = tqdm(total=n, desc=coords_h5.stem, unit="tile", disable=not progress, leave=False)
+        start = 0
+        with torch.inference_mode(), autocast, bar:
+            for x, _ in loader:
+                z = encoder.embed(x.to(dev, non_blocking=True)).float()  # type: ignore[operator]
+                if tuple(z.shape) != (len(x), embed_dim):
+                    raise ValueError(f"encoder returned {tuple(z.shape)} for {len(x)} tiles, want [n, {embed_dim}]")
+                if not torch.isfinite(z).all() or z.abs().max() > 65000:
+                    raise ValueError(f"{coords_h5.stem}: encoder output is non-finite or exceeds float16 range")
+                feats[start : start + len(x)] = z.cpu().numpy().astype(np.float16)
+                start += len(x)
+                bar.update(len(x))
+        attrs = {**identity, "source_coords": str(coords_h5.resolve()), "slide_path": tiles.slide_path,
+                 "n_tiles": n, "biossl_version": __version__, **dict(extra_attrs or {})}
+        f.attrs.update(attrs)
+    logger.info("%s: %d tiles -> %s", coords_h5.stem, n, out)
+    return out
+
+
+class SlideFeatures:
+    """Reader of one features file written by :func:`write_tile_features`.
+
+    The HDF5 file is opened on first :meth:`read` in each process (safe in DataLoader workers).
+
+    Raises:
+        InputError: The file is not a features file.
+    """
+
+    def __init__(self, h5_path: str | os.PathLike[str]) -> None:
+        self.h5_path = Path(h5_path)
+        try:
+            with h5py.File(self.h5_path, "r") as f:
+                self.n, self.embed_dim = (int(s) for s in f["features"].shape)
+                self.attrs: dict[str, Any] = dict(f.attrs)
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(
+                f"{self.h5_path} is not a tile-features file from `biossl cache-features` ({exc}); write it again"
+            ) from None
+        self._handle: tuple[int, h5py.File] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handle": None}
+
+    @property
+    def coords(self) -> np.ndarray:
+        """Level-0 ``[N, 2]`` tile coordinates, in the row order of the features."""
+        with h5py.File(self.h5_path, "r") as f:
+            return np.asarray(f["coords"][:], dtype=np.int64)
+
+    def _dataset(self) -> h5py.Dataset:
+        if self._handle is None or self._handle[0] != os.getpid():
+            self._handle = (os.getpid(), h5py.File(self.h5_path, "r"))  # a forked parent's handle is not reused
+        return self._handle[1]["features"]
+
+    def read(self, indices: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Return the features of tiles ``indices`` (any order, repeats allowed) as ``float32 [k, D]``."""
+        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64).ravel()
+        if idx.size == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        if idx.min() < 0 or idx.max() >= self.n:
+            raise IndexError(f"{self.h5_path}: tile indices must be in [0, {self.n}), got {idx.min()}..{idx.max()}")
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        ds = self._dataset()
+        # h5py wants increasing indices; past a quarter of the rows one contiguous read is faster
+        rows = ds[:][uniq] if len(uniq) > self.n // 4 else ds[uniq]
+        return np.asarray(rows[inverse], dtype=np.float32)
+
+    def close(self) -> None:
+        """Close this process's handle."""
+        if self._handle is not None and self._handle[0] == os.getpid():
+            self._handle[1].close()
+        self._handle = None
+
+
+def feature_files_for(
+    slides: Iterable[str | os.PathLike[str]], features_dir: str | os.PathLike[str], *, patient: str | None = None
+) -> list[Path]:
+    """Return ``<features_dir>/<slide stem>.h5`` for each slide, checking that every file exists.
+
+    Raises:
+        InputError: A slide has no features file (the message names the slide and the patient).
+    """
+    out = []
+    who = f"patient {patient}: " if patient is not None else ""
+    for slide in slides:
+        path = Path(features_dir) / f"{Path(slide).stem}.h5"
+        if not path.is_file():
+            raise InputError(
+                f"{who}no tile features {path} for slide {slide}; run "
+                f"`biossl cache-features <coords dir> --out {features_dir} ...` on its coordinates first"
+            )
+        out.append(path)
+    return out
+
+
+def common_embed_dim(paths: Iterable[str | os.PathLike[str]]) -> int:
+    """Return the feature width shared by all files; raise :class:`InputError` naming any that differ."""
+    dims: dict[int, list[str]] = {}
+    for p in paths:
+        dims.setdefault(SlideFeatures(p).embed_dim, []).append(str(p))
+    if not dims:
+        raise InputError("no tile-feature files were given; run `biossl cache-features` first")
+    if len(dims) != 1:
+        said = "; ".join(f"D={d}: {', '.join(ps[:3])}{' ...' if len(ps) > 3 else ''}" for d, ps in dims.items())
+        raise InputError(f"tile-feature files differ in width ({said}); cache all slides with one encoder")
+    return next(iter(dims))

@@ -1,0 +1,49 @@
+"""``biossl pretrain`` end to end on the demo cohort: resolved config, metrics, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from biossl.cli import main
+from biossl.data.demo import DEMO_MANIFEST
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "pretrain" / "demo.yaml"
+
+
+def test_print_config_shows_the_resolved_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--config", str(CONFIG), "--print_config"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "image/vit_tiny" in out and "expression/transformer" in out and "max_steps: 300" in out
+
+
+@pytest.mark.integration
+def test_short_run_leaves_metrics_config_and_checkpoints(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    code = main(["pretrain", "--config", str(CONFIG), "--data.manifest", str(DEMO_MANIFEST),
+                 "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(root),
+                 "--trainer.max_steps", "3", "--checkpoint_every", "2"])
+    assert code == 0
+    metrics = pd.read_csv(root / "metrics.csv")
+    for term in ("train/loss", "train/masked/wsi", "train/masked/volume", "train/masked/expression",
+                 "train/masked/sequence", "train/contrastive"):
+        assert term in metrics.columns, term
+    assert (root / "config.yaml").is_file()
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    assert (root / "checkpoints" / "step000002.ckpt").is_file()
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "image/vit_tiny" in ckpt["biossl"]["config"]
+    assert ckpt["global_step"] == 3
+
+
+def test_wrong_type_in_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--config", str(CONFIG), "--data.batch_size", "eight", "--print_config"])
+    assert exc.value.code == 2
+    assert "batch_size" in capsys.readouterr().err
