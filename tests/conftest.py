@@ -29,3 +29,36 @@ def shared_data() -> Path:
 def demo_cohort() -> Path:
     """The bundled demo cohort's folder."""
     return REPO / "biossl" / "demo_data"
+
+
+def run_two_processes(test_file: str, out: Path, *, timeout: float = 60.0) -> None:
+    """Run ``worker(rank, init_file, out_dir)`` of ``test_file`` in 2 spawned processes (gloo) and wait.
+
+    Spawned children unpickle ``worker`` by module name, so the test file's folder is put on
+    ``sys.path`` while they start (they inherit it). Fails the test if they do not finish in time.
+    """
+    import importlib
+    import sys
+    import time
+
+    import torch.multiprocessing as mp
+
+    folder = str(Path(test_file).parent)
+    sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(Path(test_file).stem)
+        context = mp.spawn(module.worker, args=(str(out / "init"), str(out)), nprocs=2, join=False)
+    finally:
+        sys.path.remove(folder)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"2-process gloo run of {Path(test_file).name} did not finish in {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def two_processes() -> object:
+    """:func:`run_two_processes`, as a fixture (test files cannot import conftest under importlib mode)."""
+    return run_two_processes

@@ -7,16 +7,14 @@ gradients must equal one process on the whole global batch. All scenarios share 
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from biossl.distributed import gather_with_grad
@@ -122,22 +120,9 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def distributed_results(tmp_path_factory: pytest.TempPathFactory, two_processes: Any) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    # Spawned children unpickle `worker` by module name: make this file importable under its stem.
-    # The children inherit sys.path at start.
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        module = importlib.import_module(Path(__file__).stem)
-        context = mp.spawn(module.worker, args=(str(out / "init"), str(out)), nprocs=2, join=False)
-    finally:
-        sys.path.remove(str(Path(__file__).parent))
-    deadline = time.monotonic() + 60
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("2-process gloo run did not finish in 60 s (collective mismatch?)")
+    two_processes(__file__, out)
     return out
 
 
