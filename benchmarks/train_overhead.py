@@ -97,7 +97,7 @@ def build_module(model_kwargs: dict[str, Any], dm: BagDataModule, state: dict[st
 def bare_loss(module: PretrainModule, batch: dict[str, Any]) -> torch.Tensor:
     """The loss sum of ``PretrainModule.training_step``, without seeding and logging."""
     pooled, present, masked = module.encode_batch(batch)
-    total = sum((module._weight(m) * v for m, v in masked.items()), torch.zeros((), device=module.device))
+    total = sum((module._task_weights[k] * v for k, v in masked.items()), torch.zeros((), device=module.device))
     if module.contrastive is not None:
         c_total, _ = module.contrastive(pooled, present)
         total = total + module.contrastive_weight * c_total

@@ -23,6 +23,7 @@ VERBS: dict[str, str] = {
     "demo": "demo",
     "pretrain": "pretrain",
     "cache-features": "cache_features",
+    "list": "listing",
 }
 
 #: verbs that parse their own arguments (LightningCLI): ``main(argv) -> int``.
@@ -34,6 +35,7 @@ _HELP: dict[str, str] = {
     "demo": "run the whole chain on the bundled demo cohort",
     "pretrain": "joint multimodal self-supervised pretraining (LightningCLI; --config, --print_config)",
     "cache-features": "embed every tile once with a frozen encoder; one features HDF5 per slide",
+    "list": "list registered objectives or encoders (biossl list objectives|encoders)",
 }
 
 

@@ -25,6 +25,9 @@ class ModalityModel(nn.Module, abc.ABC):
     """
 
     embed_dim: int
+    #: Shape of the grid of per-position outputs of :meth:`tokens` (patch grid, sequence length);
+    #: ``None`` where the model has none.
+    token_grid: tuple[int, ...] | None = None
 
     @abc.abstractmethod
     def embed(self, x: torch.Tensor, *, gene_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -33,6 +36,23 @@ class ModalityModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def masked_loss(self, x: torch.Tensor, *, gene_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Return the scalar masked-modelling loss on the instances ``x``."""
+
+    def tokens(self, x: torch.Tensor, *, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-position outputs for latent-prediction objectives (JEPA, CPC).
+
+        Args:
+            x: Instances.
+            keep: Optional bool ``[N, P]`` over :attr:`token_grid` positions (flattened), True where
+                the encoder may look; the other positions are not seen at all.
+
+        Returns:
+            ``[N, P, D]`` on the full grid (positions outside ``keep`` hold no information), or, for
+            models that drop unseen tokens (ViT), the kept tokens in grid order ``[N, K, D]``.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no per-position outputs; latent-prediction objectives (jepa, cpc) "
+            "need a ViT image encoder or a sequence encoder"
+        )
 
     def forward(self, x: torch.Tensor, *, gene_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Alias of :meth:`embed`."""

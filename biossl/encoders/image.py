@@ -71,6 +71,7 @@ class ViTMAEModel(ModalityModel):
                 f"(sin-cos positions in {spatial_dims}D)"
             )
         self.spatial_dims, self.in_channels, self.embed_dim = spatial_dims, in_channels, hidden_size
+        self.token_grid = patch_grid(self.img_size, self.patch_size)
         self.encoder = ViT(
             in_channels=in_channels,
             img_size=self.img_size,
@@ -112,6 +113,21 @@ class ViTMAEModel(ModalityModel):
         out: torch.Tensor = tokens.mean(dim=1)
         return out
 
+    def tokens(self, x: torch.Tensor, *, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised patch tokens ``[N, P, D]``.
+
+        With ``keep`` ([N, P] bool, the same count per row) only the kept patches enter the encoder and
+        ``[N, K, D]`` comes back in patch order.
+        """
+        self._check(x)
+        tokens = self.encoder.patch_embedding(x)
+        if keep is not None:
+            tokens = self.objective.keep_visible(tokens, ~keep)
+        for block in self.encoder.blocks:
+            tokens = block(tokens)
+        out: torch.Tensor = self.encoder.norm(tokens)
+        return out
+
     def masked_loss(
         self, x: torch.Tensor, *, gene_mask: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -119,10 +135,7 @@ class ViTMAEModel(ModalityModel):
         self._check(x)
         if mask is None:
             mask = self.objective.random_mask(x.shape[0], x.device)
-        tokens = self.objective.keep_visible(self.encoder.patch_embedding(x), mask)
-        for block in self.encoder.blocks:
-            tokens = block(tokens)
-        loss: torch.Tensor = self.objective(self.encoder.norm(tokens), x, mask)
+        loss: torch.Tensor = self.objective(self.tokens(x, keep=~mask), x, mask)
         return loss
 
 

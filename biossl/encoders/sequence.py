@@ -53,6 +53,14 @@ class _MaskedNucleotideModel(ModalityModel):
         w = valid.to(h.dtype).unsqueeze(-1)
         return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
+    def tokens(self, x: torch.Tensor, *, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-position outputs ``[N, L, D]``; positions outside ``keep`` (and PAD) are treated as padding."""
+        _check_tokens(x, self.max_len)
+        valid = x != PAD_TOKEN
+        if keep is not None:
+            valid = valid & keep[:, : x.shape[1]]
+        return self._encode(x, valid)
+
     def masked_loss(self, x: torch.Tensor, *, gene_mask: torch.Tensor | None = None) -> torch.Tensor:
         """BERT masked nucleotide modelling: cross-entropy on the selected non-PAD positions."""
         _check_tokens(x, self.max_len)
@@ -82,6 +90,7 @@ class SequenceTransformer(_MaskedNucleotideModel):
         if embed_dim % heads:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by heads={heads}")
         self.max_len = max_len
+        self.token_grid = (max_len,)
         self.position_embedding = nn.Parameter(torch.zeros(1, max_len, embed_dim))
         nn.init.trunc_normal_(self.position_embedding, std=0.02)
         layer = nn.TransformerEncoderLayer(

@@ -1,15 +1,16 @@
-"""Joint multimodal pretraining: masked objectives per modality plus cross-modal contrastive loss.
+"""Joint multimodal pretraining: objectives per modality plus a cross-modal loss.
 
 For each modality present in a batch the module
 
-1. flattens the patients' bags to instances and computes that modality's masked loss (MAE on tiles
-   and volume patches, masked gene and nucleotide modelling),
+1. flattens the patients' bags to instances and computes that modality's objectives (by default its
+   masked loss: MAE on tiles and volume patches, masked gene and nucleotide modelling; any objective
+   of :mod:`biossl.modules.tasks` can be chosen per modality),
 2. embeds the instances, projects them to a shared width and pools each patient's bag with
    attention-MIL into one patient-modality embedding,
 
-then scores every pair of modalities with a CLIP-style InfoNCE loss, in which patients who lack one
-modality of the pair are masked out (never dropped). The total is a weighted sum; every term is
-logged.
+then scores every pair of modalities with a cross-modal loss (CLIP-style InfoNCE by default), in
+which patients who lack one modality of the pair are masked out (never dropped). The total is a
+weighted sum; every term is logged.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from biossl.encoders import ENCODERS
 from biossl.encoders.base import ModalityModel
 from biossl.encoders.pooling import GatedAttentionMIL
 from biossl.errors import InputError
-from biossl.objectives.clip import MultiModalCLIP
+from biossl.modules.tasks import MASKED, CrossModal, Task, build_target, build_tasks, normalise_entries
+from biossl.objectives._heads import cosine_momentum, momentum_update
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +40,16 @@ class PretrainModule(pl.LightningModule):
     """Train every present modality jointly.
 
     Args:
-        modalities: Per modality, ``{"encoder": <registry name>, **encoder kwargs}``. The expression
-            encoder's ``n_genes`` and the sequence encoder's ``max_len`` are filled in from the data
-            when absent.
+        modalities: Per modality, ``{"encoder": <registry name>, **encoder kwargs}``, optionally with
+            ``objective``: a registry name, ``{name, weight, views, momentum, **options}``, or a list
+            of those (default: the encoder's masked objective; see :mod:`biossl.modules.tasks`). The
+            expression encoder's ``n_genes`` and the sequence encoder's ``max_len`` are filled in from
+            the data when absent.
         embed_dim: Width of the shared space where patient-modality embeddings are compared.
         masked_weight: Weight of each modality's masked loss (a number, or one per modality).
-        contrastive_weight: Weight of the cross-modal contrastive loss.
+        contrastive_weight: Weight of the cross-modal loss.
+        cross_modal: The cross-modal objective: ``clip`` (default), ``infonce``, ``barlow_twins``,
+            ``vicreg``, ``simsiam`` or ``swav``, as a name or ``{name, **options}``.
         lr: Peak learning rate (AdamW).
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up steps before the cosine decay.
@@ -59,6 +65,7 @@ class PretrainModule(pl.LightningModule):
         embed_dim: int = 128,
         masked_weight: float | dict[str, float] = 1.0,
         contrastive_weight: float = 1.0,
+        cross_modal: str | dict[str, Any] = "clip",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_steps: int = 10,
@@ -73,6 +80,8 @@ class PretrainModule(pl.LightningModule):
         for m, spec in modalities.items():
             if "encoder" not in spec:
                 raise ValueError(f"modality {m!r}: give an 'encoder' name; known: {', '.join(ENCODERS.names())}")
+            if spec.get("objective") is not None:
+                normalise_entries(m, spec["objective"])  # fail on a bad objective before any data is read
         self.save_hyperparameters()
         self.modality_specs = {m: dict(s) for m, s in modalities.items()}
         self.embed_dim = embed_dim
@@ -82,7 +91,12 @@ class PretrainModule(pl.LightningModule):
         self.encoders = nn.ModuleDict()
         self.projections = nn.ModuleDict()
         self.pools = nn.ModuleDict()
-        self.contrastive = MultiModalCLIP(list(modalities)) if len(modalities) >= 2 else None
+        #: Per modality, its tasks (objectives bound to the encoder), and momentum encoders where needed.
+        self.tasks = nn.ModuleDict()
+        self.targets = nn.ModuleDict()
+        self._task_weights: dict[str, float] = {}
+        self._total_steps = total_steps
+        self.contrastive = CrossModal(list(modalities), embed_dim, cross_modal) if len(modalities) >= 2 else None
         #: Extra state saved in checkpoints (gene vocabulary, tokeniser, data fingerprint).
         self.data_state: dict[str, Any] = {}
 
@@ -99,13 +113,26 @@ class PretrainModule(pl.LightningModule):
 
     def _build(self) -> None:
         for m, spec in self.modality_specs.items():
-            kwargs = {k: v for k, v in spec.items() if k != "encoder"}
+            kwargs = {k: v for k, v in spec.items() if k not in ("encoder", "objective")}
             enc = ENCODERS.build(spec["encoder"], **kwargs)
             if not isinstance(enc, ModalityModel):
                 raise TypeError(f"encoder {spec['encoder']!r} does not return a ModalityModel")
+            tasks = build_tasks(m, enc, spec.get("objective"), masked_weight=self._weight(m))
+            self.tasks[m] = nn.ModuleList(tasks)
+            for task in tasks:
+                self._task_weights[self._loss_key(m, task)] = task.weight
+            if any(t.needs_target for t in tasks):
+                self.targets[m] = build_target(enc)
             self.encoders[m] = torch.compile(enc) if self.hparams["compile"] else enc  # type: ignore[assignment]
             self.projections[m] = nn.Linear(enc.embed_dim, self.embed_dim)
             self.pools[m] = GatedAttentionMIL(self.embed_dim)
+
+    def _tasks(self, m: str) -> list[Task]:
+        return list(self.tasks[m])  # type: ignore[call-overload]
+
+    @staticmethod
+    def _loss_key(m: str, task: Task) -> str:
+        return f"{'masked' if task.name in MASKED else task.name}/{m}"
 
     def _fill_from_data(self) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -130,7 +157,11 @@ class PretrainModule(pl.LightningModule):
     def encode_batch(
         self, batch: dict[str, Any], *, with_masked_loss: bool = True
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Return (patient-modality embeddings [B, D], present masks [B], masked losses) per modality."""
+        """Return patient-modality embeddings [B, D] and present masks [B] per modality, and task losses.
+
+        Task losses (unweighted) are keyed ``"<objective>/<modality>"``, the masked ones ``"masked/<m>"``;
+        ``with_masked_loss=False`` skips every task (embedding only).
+        """
         pooled: dict[str, torch.Tensor] = {}
         present: dict[str, torch.Tensor] = {}
         masked: dict[str, torch.Tensor] = {}
@@ -144,7 +175,9 @@ class PretrainModule(pl.LightningModule):
             gm = entry[keys.GENE_MASK][mask] if keys.GENE_MASK in entry else None
             enc: ModalityModel = self.encoders[m]  # type: ignore[assignment]
             if with_masked_loss:
-                masked[m] = enc.masked_loss(xi, gene_mask=gm)
+                target = self.targets[m] if m in self.targets else None  # noqa: SIM401 (ModuleDict has no get)
+                for task in self._tasks(m):
+                    masked[self._loss_key(m, task)] = task(enc, xi, gm, target)
             z = self.projections[m](enc.embed(xi, gene_mask=gm))
             bag = z.new_zeros((b, k, z.shape[-1]))
             bag[mask] = z
@@ -161,19 +194,40 @@ class PretrainModule(pl.LightningModule):
         # Masking randomness is a function of the step, so a resumed run draws what an
         # uninterrupted one would have.
         torch.manual_seed(self.seed * 1_000_003 + self.global_step * 101 + self.global_rank)
-        pooled, present, masked = self.encode_batch(batch)
-        total = sum((self._weight(m) * v for m, v in masked.items()), torch.zeros((), device=self.device))
-        bsz = len(batch["patient_id"])
-        for m, v in masked.items():
-            self.log(f"train/masked/{m}", v, batch_size=bsz, prog_bar=False)
+        pooled, present, losses = self.encode_batch(batch)
+        total = sum((self._task_weights[k] * v for k, v in losses.items()), torch.zeros((), device=self.device))
+        metrics = {f"train/{k}": v.detach() for k, v in losses.items()}
         if self.contrastive is not None:
             c_total, pairs = self.contrastive(pooled, present)
             total = total + self.contrastive_weight * c_total
-            self.log("train/contrastive", c_total, batch_size=bsz)
+            metrics["train/contrastive"] = c_total.detach()
             for name in self.contrastive.last_scored:  # pairs with >= 2 patients having both
-                self.log(f"train/{name}", pairs[name], batch_size=bsz)
-        self.log("train/loss", total, batch_size=bsz, prog_bar=True)
+                metrics[f"train/{name}"] = pairs[name].detach()
+        for m in self.tasks:
+            if m in batch:
+                for task in self._tasks(m):
+                    metrics.update({f"train/{k}/{m}": v for k, v in task.diagnostics().items()})
+        # One call for every term: each self.log call costs Lightning bookkeeping (benchmarks/RESULTS.md).
+        self.log_dict(metrics, batch_size=len(batch["patient_id"]))
+        self.log("train/loss", total.detach(), batch_size=len(batch["patient_id"]), prog_bar=True)
         return total
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimiser, then move the momentum encoders and heads (BYOL, MoCo, JEPA, ...)."""
+        super().optimizer_step(*args, **kwargs)
+        if not any(t.uses_momentum for m in self.tasks for t in self._tasks(m)):
+            return
+        total = max(1, int(self._total_steps or self.trainer.estimated_stepping_batches))
+        for m in self.tasks:
+            bases = []
+            for task in self._tasks(m):
+                if task.uses_momentum:
+                    momentum = cosine_momentum(self.global_step, total, base=task.momentum)
+                    task.after_step(momentum)
+                    bases.append(momentum)
+            if m in self.targets and bases:
+                online = getattr(self.encoders[m], "_orig_mod", self.encoders[m])  # unwrap torch.compile
+                momentum_update(online, self.targets[m], min(bases))
 
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -189,6 +243,7 @@ class PretrainModule(pl.LightningModule):
             lr=self.hparams["lr"],
         )
         total = self.hparams["total_steps"] or int(self.trainer.estimated_stepping_batches)
+        self._total_steps = total
         warm = max(0, int(self.hparams["warmup_steps"]))
 
         def schedule(step: int) -> float:

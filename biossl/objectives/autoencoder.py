@@ -14,11 +14,16 @@ Both take ``x [N, D]`` of any modality (expression profiles, pooled embeddings, 
 an optional ``observed [N, D]`` bool mask (``gene_mask`` of :mod:`biossl.data.keys`): unobserved entries
 are zeroed on input and are never reconstruction targets. Engine contract: ``loss = obj(x, observed=m)``;
 ``obj.embed(x, observed=m)`` gives the ``[N, latent_dim]`` representation (the VAE's posterior mean).
+
+To train a modality encoder with these objectives, build them with ``backbone_dim`` = the encoder's
+width and pass ``backbone=lambda v: encoder.embed(v, gene_mask=m)``: the (corrupted) input then goes
+through the backbone, and the objective's own encoder is one linear layer on the backbone's output
+(the VAE's Gaussian head; the DAE's code).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -26,6 +31,9 @@ from torch import nn
 
 from biossl.errors import InputError
 from biossl.objectives import OBJECTIVES
+
+#: An external encoder: prepared features ``[N, D]`` -> embeddings ``[N, backbone_dim]``.
+Backbone = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _mlp(dims: Sequence[int]) -> nn.Sequential:
@@ -69,6 +77,8 @@ class DenoisingAutoencoder(nn.Module):
         noise_level: Fraction of observed entries zeroed (``"mask"``, in (0, 1)) or noise std (``"gaussian"``).
         loss_on: ``"all"`` observed entries (the paper) or only the ``"corrupted"`` ones
             (``"mask"`` only; Vincent et al. 2010's emphasised denoising, like masked modelling).
+        backbone_dim: Width of an external backbone (see the module notes); the encoder is then one
+            linear layer from it to ``latent_dim``.
 
     Raises:
         InputError: A bad size or option.
@@ -83,6 +93,7 @@ class DenoisingAutoencoder(nn.Module):
         corruption: str = "mask",
         noise_level: float = 0.3,
         loss_on: str = "all",
+        backbone_dim: int | None = None,
     ) -> None:
         super().__init__()
         _check_sizes("denoising_ae", in_dim, hidden_dims, latent_dim)
@@ -100,7 +111,7 @@ class DenoisingAutoencoder(nn.Module):
         self.corruption = corruption
         self.noise_level = noise_level
         self.loss_on = loss_on
-        self.encoder = _mlp([in_dim, *hidden_dims, latent_dim])
+        self.encoder = _mlp([backbone_dim, latent_dim] if backbone_dim else [in_dim, *hidden_dims, latent_dim])
         self.decoder = _mlp([latent_dim, *reversed(hidden_dims), in_dim])
 
     def corrupt(self, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,22 +121,27 @@ class DenoisingAutoencoder(nn.Module):
         hit = (torch.rand_like(x) < self.noise_level).to(x.dtype) * weight
         return x * (1.0 - hit), hit
 
-    def embed(self, x: torch.Tensor, *, observed: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, x: torch.Tensor, *, observed: torch.Tensor | None = None, backbone: Backbone | None = None
+    ) -> torch.Tensor:
         """Code of the clean input: ``[N, latent_dim]``."""
         x, _ = _prepare(x, observed, self.in_dim)
-        out: torch.Tensor = self.encoder(x)
+        out: torch.Tensor = self.encoder(x if backbone is None else backbone(x))
         return out
 
-    def forward(self, x: torch.Tensor, *, observed: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, observed: torch.Tensor | None = None, backbone: Backbone | None = None
+    ) -> torch.Tensor:
         """Mean squared error of the reconstruction of the clean ``x`` over the scored entries.
 
         Args:
             x: ``[N, D]`` features.
             observed: Optional ``[N, D]`` bool, True where an entry is measured.
+            backbone: Optional external encoder (needs ``backbone_dim``), applied to the corrupted input.
         """
         x, weight = _prepare(x, observed, self.in_dim)
         noisy, hit = self.corrupt(x, weight)
-        recon = self.decoder(self.encoder(noisy))
+        recon = self.decoder(self.encoder(noisy if backbone is None else backbone(noisy)))
         scored = hit if self.loss_on == "corrupted" else weight
         err = (recon.float() - x.float()).pow(2) * scored.float()
         return err.sum() / scored.float().sum().clamp_min(1.0)
@@ -153,13 +169,21 @@ class VariationalAutoencoder(nn.Module):
         hidden_dims: Widths of the encoder's hidden layers (the decoder mirrors them).
         latent_dim: Width ``K`` of the latent Gaussian.
         beta: Weight of the KL term (1 = the ELBO; > 1 = beta-VAE).
+        backbone_dim: Width of an external backbone (see the module notes); the encoder is then the
+            linear Gaussian head from it to ``(mu, logvar)``.
 
     Raises:
         InputError: A bad size or a negative ``beta``.
     """
 
     def __init__(
-        self, *, in_dim: int, hidden_dims: Sequence[int] = (256,), latent_dim: int = 32, beta: float = 1.0
+        self,
+        *,
+        in_dim: int,
+        hidden_dims: Sequence[int] = (256,),
+        latent_dim: int = 32,
+        beta: float = 1.0,
+        backbone_dim: int | None = None,
     ) -> None:
         super().__init__()
         _check_sizes("vae", in_dim, hidden_dims, latent_dim)
@@ -167,13 +191,15 @@ class VariationalAutoencoder(nn.Module):
             raise InputError(f"vae beta must be >= 0, got {beta}")
         self.in_dim = in_dim
         self.beta = beta
-        self.encoder = _mlp([in_dim, *hidden_dims, 2 * latent_dim])
+        self.encoder = _mlp([backbone_dim, 2 * latent_dim] if backbone_dim else [in_dim, *hidden_dims, 2 * latent_dim])
         self.decoder = _mlp([latent_dim, *reversed(hidden_dims), in_dim])
 
-    def posterior(self, x: torch.Tensor, *, observed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(
+        self, x: torch.Tensor, *, observed: torch.Tensor | None = None, backbone: Backbone | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, logvar)``, each ``[N, latent_dim]``; ``logvar`` clamped to [-30, 20] for stability."""
         x, _ = _prepare(x, observed, self.in_dim)
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        mu, logvar = self.encoder(x if backbone is None else backbone(x)).chunk(2, dim=-1)
         return mu, logvar.clamp(-30.0, 20.0)
 
     @staticmethod
@@ -181,24 +207,31 @@ class VariationalAutoencoder(nn.Module):
         """``z = mu + exp(logvar / 2) * eps``, ``eps ~ N(0, I)``: a sample differentiable in ``mu, logvar``."""
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
-    def embed(self, x: torch.Tensor, *, observed: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self, x: torch.Tensor, *, observed: torch.Tensor | None = None, backbone: Backbone | None = None
+    ) -> torch.Tensor:
         """Posterior mean ``mu``: ``[N, latent_dim]``."""
-        return self.posterior(x, observed=observed)[0]
+        return self.posterior(x, observed=observed, backbone=backbone)[0]
 
-    def terms(self, x: torch.Tensor, *, observed: torch.Tensor | None = None) -> VAELoss:
+    def terms(
+        self, x: torch.Tensor, *, observed: torch.Tensor | None = None, backbone: Backbone | None = None
+    ) -> VAELoss:
         """The loss and its two terms, each averaged over the batch.
 
         Args:
             x: ``[N, D]`` features.
             observed: Optional ``[N, D]`` bool, True where an entry is measured.
+            backbone: Optional external encoder (needs ``backbone_dim``).
         """
         clean, weight = _prepare(x, observed, self.in_dim)
-        mu, logvar = self.posterior(clean)
+        mu, logvar = self.posterior(clean, backbone=backbone)
         recon = self.decoder(self.reparameterise(mu, logvar))
         nll = 0.5 * ((recon.float() - clean.float()).pow(2) * weight.float()).sum(dim=-1).mean()
         kl = gaussian_kl(mu.float(), logvar.float()).mean()
         return VAELoss(nll + self.beta * kl, nll, kl)
 
-    def forward(self, x: torch.Tensor, *, observed: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, observed: torch.Tensor | None = None, backbone: Backbone | None = None
+    ) -> torch.Tensor:
         """Negative (beta-)ELBO: reconstruction + ``beta`` * KL, averaged over the batch."""
-        return self.terms(x, observed=observed).loss
+        return self.terms(x, observed=observed, backbone=backbone).loss
