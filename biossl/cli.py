@@ -24,6 +24,8 @@ VERBS: dict[str, str] = {
     "pretrain": "pretrain",
     "cache-features": "cache_features",
     "list": "listing",
+    "embed": "embed",
+    "finetune": "finetune",
 }
 
 #: verbs that parse their own arguments (LightningCLI): ``main(argv) -> int``.
@@ -36,6 +38,8 @@ _HELP: dict[str, str] = {
     "pretrain": "joint multimodal self-supervised pretraining (LightningCLI; --config, --print_config)",
     "cache-features": "embed every tile once with a frozen encoder; one features HDF5 per slide",
     "list": "list registered objectives or encoders (biossl list objectives|encoders)",
+    "embed": "patient embeddings from a pretraining checkpoint, written as AnnData (.h5ad)",
+    "finetune": "cross-validated subtype / survival heads on embeddings, with PCA baselines; JSON result",
 }
 
 

@@ -97,6 +97,8 @@ def read_labels(
     path: str | Path,
     *,
     cohort: Cohort | None = None,
+    patients: Collection[str] | None = None,
+    patients_from: str = "the given patients",
     unknown: Literal["error", "drop"] = "error",
     id_column: str = PATIENT_ID,
 ) -> pd.DataFrame:
@@ -109,7 +111,10 @@ def read_labels(
         path: CSV, TSV or Parquet file.
         cohort: When given, labels for patients not in it are an error (``unknown="error"``) or are
             dropped with a warning (``unknown="drop"``). Cohort patients without labels are logged.
-        unknown: What to do with labelled patients that the cohort lacks.
+        patients: The known patients, instead of a cohort (for example the patients of an embeddings
+            file); checked like ``cohort``.
+        patients_from: Where ``patients`` come from, for messages (``"the embeddings emb.h5ad"``).
+        unknown: What to do with labelled patients that the cohort (or ``patients``) lacks.
         id_column: The patient column (for example ``"case_id"`` for TCGA tables).
 
     Returns:
@@ -136,9 +141,13 @@ def read_labels(
                             f"values, e.g. {names[:MAX_NAMED]} on rows {_rows(dup.index)}; keep one row per "
                             "patient (tables with one row per slide must be deduplicated by patient)")
     out = df.set_index(PATIENT_ID).sort_index()
-    _check_survival(out, path)
+    check_survival_columns(out, path)
+    if cohort is not None and patients is not None:
+        raise ValueError("pass cohort= or patients=, not both")
     if cohort is not None:
-        out = _match_cohort(out, cohort, path, unknown=unknown)
+        out = _match_known(out, cohort.patients, path, unknown=unknown, where="the cohort")
+    elif patients is not None:
+        out = _match_known(out, patients, path, unknown=unknown, where=patients_from)
     return out
 
 
@@ -148,33 +157,45 @@ def _rows(index: pd.Index) -> str:
     return ", ".join(map(str, rows[:MAX_NAMED])) + more
 
 
-def _check_survival(df: pd.DataFrame, path: Path) -> None:
-    if "event" in df.columns:
-        bad = df.index[~df["event"].isin([0, 1, True, False]) & df["event"].notna()]
+def check_survival_columns(
+    df: pd.DataFrame, path: str | Path, *, time: str = "time", event: str = "event", positive: bool = False
+) -> None:
+    """Check survival columns where present: ``event`` holds 0/1, ``time`` non-negative numbers.
+
+    Empty cells pass (they are missing labels). With ``positive=True`` a time of 0 is also refused.
+
+    Raises:
+        ManifestError: naming the file, the column and the patients at fault.
+    """
+    if event in df.columns:
+        bad = df.index[~df[event].isin([0, 1, True, False]) & df[event].notna()]
         if len(bad):
-            raise ManifestError(f"labels table {path}: column 'event' must be 0 (censored) or 1 (event); "
+            raise ManifestError(f"labels table {path}: column {event!r} must be 0 (censored) or 1 (event); "
                                 f"patients {list(bad[:MAX_NAMED])} have other values")
-    if "time" in df.columns:
-        time = pd.to_numeric(df["time"], errors="coerce")
-        bad = df.index[(time.isna() & df["time"].notna()) | (time < 0)]
+    if time in df.columns:
+        values = pd.to_numeric(df[time], errors="coerce")
+        low = (values <= 0) if positive else (values < 0)
+        bad = df.index[(values.isna() & df[time].notna()) | low]
         if len(bad):
-            raise ManifestError(f"labels table {path}: column 'time' must be a non-negative number; "
-                                f"patients {list(bad[:MAX_NAMED])} are not")
+            kind = "positive" if positive else "non-negative"
+            raise ManifestError(f"labels table {path}: column {time!r} must be a {kind} number; "
+                                f"patients {list(bad[:MAX_NAMED])} are not (values {list(df.loc[bad[:3], time])})")
 
 
-def _match_cohort(df: pd.DataFrame, cohort: Cohort, path: Path, *, unknown: str) -> pd.DataFrame:
+def _match_known(df: pd.DataFrame, patients: Collection[str], path: Path, *, unknown: str,
+                 where: str) -> pd.DataFrame:
     if unknown not in ("error", "drop"):
         raise ValueError(f"unknown must be 'error' or 'drop', not {unknown!r}")
-    known = set(cohort.patients)
+    known = set(patients)
     extra = sorted(set(df.index) - known)
     if extra:
-        msg = (f"labels table {path} has {len(extra)} patient(s) not in the cohort, "
+        msg = (f"labels table {path} has {len(extra)} patient(s) not in {where}, "
                f"e.g. {extra[:MAX_NAMED]}; check the patient IDs match the manifest's patient_id")
         if unknown == "error":
-            raise ManifestError(msg + " or pass unknown='drop'")
+            raise ManifestError(msg + " or drop them (unknown='drop'; on the command line --unknown-labels drop)")
         logger.warning("%s; dropping them", msg)
         df = df.drop(index=extra)
     unlabelled = len(known - set(df.index))
     if unlabelled:
-        logger.info("%d of %d cohort patients have no row in %s", unlabelled, len(known), path)
+        logger.info("%d of %d known patients have no row in %s", unlabelled, len(known), path)
     return df

@@ -288,7 +288,8 @@ class PretrainModule(pl.LightningModule):
         major = str(state.get("version", "0")).split(".")[0]
         if major != __version__.split(".")[0]:
             raise InputError(f"{path} was written by biossl {state.get('version')}; this is biossl {__version__}")
-        hparams = dict(ckpt["hyper_parameters"])
+        # LightningCLI adds bookkeeping keys (``_instantiator``, ``_class_path``) the constructor does not take.
+        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
         hparams["modalities"] = state["modality_specs"]
         module = cls(**hparams)
         module.data_state = dict(state)

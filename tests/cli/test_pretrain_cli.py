@@ -10,6 +10,7 @@ import torch
 
 from biossl.cli import main
 from biossl.data.demo import DEMO_MANIFEST
+from biossl.modules.pretrain import PretrainModule
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "pretrain" / "demo.yaml"
@@ -40,6 +41,10 @@ def test_short_run_leaves_metrics_config_and_checkpoints(tmp_path: Path) -> None
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
     assert "image/vit_tiny" in ckpt["biossl"]["config"]
     assert ckpt["global_step"] == 3
+    # LightningCLI adds its own keys to the saved hyper-parameters; loading must not trip on them.
+    assert any(k.startswith("_") for k in ckpt["hyper_parameters"])
+    loaded = PretrainModule.from_checkpoint(root / "checkpoints" / "last.ckpt")
+    assert set(loaded.encoders) == {"wsi", "volume", "expression", "sequence"}
 
 
 def test_wrong_type_in_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,55 @@
+"""``biossl embed --checkpoint CKPT --manifest MANIFEST --out embeddings.h5ad``: patient embeddings as AnnData.
+
+See :mod:`biossl.downstream.embed` for the layout, the deterministic instance draw and the fusion.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the verb's arguments."""
+    parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
+                        help="checkpoint written by `biossl pretrain` (e.g. <run>/checkpoints/last.ckpt)")
+    parser.add_argument("--manifest", type=Path, required=True, metavar="MANIFEST",
+                        help="cohort manifest (CSV/TSV/Parquet): patient_id, modality, path, metadata")
+    parser.add_argument("--out", type=Path, required=True, metavar="H5AD", help="output .h5ad (written atomically)")
+    parser.add_argument("--labels", type=Path, default=None, metavar="CSV",
+                        help="per-patient labels table; its columns are added to obs")
+    parser.add_argument("--id-column", default="patient_id", help="patient column of --labels (default patient_id)")
+    parser.add_argument("--unknown-labels", choices=("error", "drop"), default="error",
+                        help="labelled patients that the manifest lacks: fail (default) or drop them with a warning")
+    parser.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
+                        help="tile coordinates and scan cache (default: the pretraining run's, else biossl_work)")
+    parser.add_argument("--features-dir", type=Path, default=None, metavar="DIR",
+                        help="cached tile features (checkpoints pretrained with `biossl cache-features`)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="patients per forward pass (default 8)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading tiles and scans")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the instance draw (default 0)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable manifest rows with a warning")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Embed the cohort and write the AnnData."""
+    import torch
+
+    from biossl.downstream.embed import embed_cohort, obsm_key, write_embeddings
+    from biossl.errors import InputError
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    adata = embed_cohort(args.checkpoint, args.manifest, work_dir=args.work_dir, labels=args.labels,
+                         id_column=args.id_column, unknown_labels=args.unknown_labels, batch_size=args.batch_size,
+                         num_workers=args.num_workers, seed=args.seed, features_dir=args.features_dir,
+                         skip_bad=args.skip_bad, device=device)
+    write_embeddings(adata, args.out)
+    modalities = adata.uns["biossl"]["modalities"]
+    counts = ", ".join(f"{m} {int(adata.obs[f'has_{m}'].sum())}" for m in modalities)
+    print(f"{adata.n_obs} patients x {adata.uns['biossl']['embed_dim']} dims -> {args.out}")
+    print(f"  patients per modality: {counts}")
+    print(f"  obsm: {', '.join(['X_fused'] + [obsm_key(m) for m in modalities])}")
+    return 0

@@ -1,0 +1,267 @@
+"""Patient embeddings from a pretraining checkpoint, written as AnnData (``biossl embed``).
+
+The checkpoint fixes everything the data side needs: the bag spec (instances per modality and their
+shapes), the gene vocabulary that expression is aligned to, the tokeniser, and the tiling options of
+the pretraining run (``data.mpp``, ``data.tile_size``, ``data.min_tissue`` of its resolved config).
+
+**Sampling.** Each patient's bag is drawn exactly as pretraining draws epoch 0 with the same seed:
+the bag spec's ``k`` instances per modality (tiles across all of the patient's slides, 3D patches,
+expression profiles, DNA windows), chosen by numpy's generator seeded with ``(seed, 0, i)`` where ``i``
+is the patient's position in the sorted cohort. The same checkpoint, cohort and ``seed`` (default 0)
+give the same embeddings on every run.
+
+**Fusion.** ``X_fused`` is :class:`biossl.encoders.fusion.MeanFusion` (parameter-free; nothing needs
+training) over the L2-normalised modality embeddings -- the space the cross-modal CLIP loss compares
+in -- of the modalities each patient has: a missing modality has weight exactly 0.
+
+**Output.** ``obs``: one row per patient (index ``patient_id``) with the manifest metadata (one value
+per patient), ``has_<modality>`` flags and, with a labels table, its columns; ``obsm["X_<modality>"]``
+the pooled embedding of each modality of the checkpoint, NaN rows where the patient lacks it;
+``obsm["X_fused"]``, also copied to ``X`` (vars ``fused_000`` ...) so that scanpy's defaults work;
+``uns["biossl"]`` the provenance. Patients with none of the checkpoint's modalities have no embedding
+and are left out (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from biossl import __version__
+from biossl.data import keys
+from biossl.data.bags import BagSampler, BagSpec, collate_bags
+from biossl.data.labels import MAX_NAMED, read_labels
+from biossl.errors import InputError
+from biossl.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FUSED = "X_fused"
+FUSION_NOTE = "MeanFusion of the L2-normalised embeddings of each patient's present modalities"
+SAMPLING_NOTE = "bag spec's k instances per modality, numpy generator seeded (seed, 0, patient index), as epoch 0"
+
+
+def obsm_key(modality: str) -> str:
+    """``X_<modality>``."""
+    return f"X_{modality}"
+
+
+def bag_spec_of(state: dict[str, Any], modalities: Iterable[str], checkpoint: Path) -> BagSpec:
+    """The checkpoint's bag spec, limited to the modalities its model encodes.
+
+    Raises:
+        InputError: the checkpoint stores no bag spec.
+    """
+    stored = state.get("bag_spec")
+    if not isinstance(stored, dict):
+        raise InputError(f"checkpoint {checkpoint} stores no bag spec (data_state['bag_spec']); embed from a "
+                         "checkpoint written by `biossl pretrain`")
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()
+              if k in BagSpec.__dataclass_fields__}
+    spec = BagSpec(**fields)
+    wanted = set(modalities)
+    spec.modalities = tuple(m for m in keys.MODALITIES if m in wanted and m in spec.modalities)
+    return spec
+
+
+def _pretrain_data_config(state: dict[str, Any]) -> dict[str, Any]:
+    text = state.get("config")
+    if not isinstance(text, str):
+        return {}
+    try:
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    data = cfg.get("data") if isinstance(cfg, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _as_text(values: pd.Series) -> list[str]:
+    return ["" if pd.isna(v) else str(v) for v in values]
+
+
+def _obs_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns as categoricals of text (missing stays missing), so h5ad can store them."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = pd.Categorical(out[col].map(lambda v: v if pd.isna(v) else str(v)))
+    return out
+
+
+def embed_cohort(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    *,
+    work_dir: str | Path | None = None,
+    labels: str | Path | None = None,
+    id_column: str = keys.PATIENT_ID,
+    unknown_labels: Literal["error", "drop"] = "error",
+    batch_size: int = 8,
+    num_workers: int = 0,
+    seed: int = 0,
+    features_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    device: str | torch.device = "cpu",
+) -> ad.AnnData:
+    """Embed every patient of a cohort with a pretrained module; see the module docstring for the layout.
+
+    Args:
+        checkpoint: ``.ckpt`` written by ``biossl pretrain`` (loaded safely, weights only).
+        manifest: The cohort manifest (CSV/TSV/Parquet).
+        work_dir: Folder for tile coordinates (slides are tiled once, as pretraining does) and cached
+            scans; default: the pretraining run's ``data.work_dir``, else ``biossl_work``.
+        labels: Optional per-patient labels table whose columns are added to ``obs``.
+        id_column: Patient column of the labels table.
+        unknown_labels: Labelled patients absent from the cohort: ``"error"`` or ``"drop"`` (warning).
+        batch_size: Patients per forward pass.
+        num_workers: DataLoader workers reading tiles and scans.
+        seed: Seed of the instance draw (see the module docstring).
+        features_dir: Cached tile features, for checkpoints pretrained in feature-cache mode.
+        skip_bad: Skip unreadable manifest rows with a warning (report in ``work_dir``).
+        device: Where the model runs.
+
+    Raises:
+        InputError: an unreadable or foreign checkpoint, a bad manifest or labels table, a checkpoint
+            lacking what the data needs (bag spec, vocabulary), or no patient with an embeddable modality.
+    """
+    from biossl.data.datamodule import BagDataModule
+    from biossl.data.vocab import GeneVocabulary
+    from biossl.encoders.fusion import MeanFusion
+
+    checkpoint, manifest = Path(checkpoint), Path(manifest)
+    from biossl.modules.pretrain import PretrainModule
+
+    module = PretrainModule.from_checkpoint(checkpoint)
+    state = module.data_state
+    modalities = [m for m in keys.MODALITIES if m in module.modality_specs]
+    spec = bag_spec_of(state, modalities, checkpoint)
+    data_cfg = _pretrain_data_config(state)
+    if keys.WSI in modalities and str(module.modality_specs[keys.WSI].get("encoder", "")).startswith("features/"):
+        features_dir = features_dir or data_cfg.get("features_dir")
+        if not features_dir:
+            raise InputError(f"checkpoint {checkpoint} encodes slides from cached tile features: pass the folder "
+                             "written by `biossl cache-features` with --features-dir")
+    if keys.EXPRESSION in modalities and not state.get("vocabulary"):
+        raise InputError(f"checkpoint {checkpoint} has an expression encoder but no gene vocabulary; "
+                         "re-run pretraining with this biossl version")
+    work = Path(work_dir or data_cfg.get("work_dir") or "biossl_work")
+    dm = BagDataModule(
+        manifest, work_dir=work, spec=spec, batch_size=batch_size, num_workers=num_workers, seed=seed,
+        mpp=float(data_cfg.get("mpp") or 0.5), tile_size=int(data_cfg.get("tile_size") or 256),
+        min_tissue=float(data_cfg.get("min_tissue") or 0.5), skip_bad=skip_bad, features_dir=features_dir,
+    )
+    if state.get("vocabulary"):
+        dm.vocabulary = GeneVocabulary(state["vocabulary"])
+    dm.prepare_data()
+    dm.setup("predict")
+    dataset, cohort = dm.dataset, dm.cohort
+    assert dataset is not None and cohort is not None
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=BagSampler(len(dataset), shuffle=False, seed=seed),
+                        collate_fn=collate_bags, num_workers=num_workers)
+
+    device = torch.device(device)
+    module.eval().to(device)
+    n, dim = len(dataset), module.embed_dim
+    emb = {m: np.full((n, dim), np.nan, dtype=np.float32) for m in modalities}
+    has = {m: np.zeros(n, dtype=bool) for m in modalities}
+    fused = np.zeros((n, dim), dtype=np.float32)
+    fusion = MeanFusion(dim, modalities)
+    start = 0
+    with torch.no_grad():
+        for batch in loader:
+            b = len(batch["patient_id"])
+            pooled, present, _ = module.encode_batch(_to(batch, device), with_masked_loss=False)
+            for m in pooled:
+                p = present[m].cpu().numpy().astype(bool)
+                rows = np.flatnonzero(p) + start
+                emb[m][rows] = pooled[m][present[m]].float().cpu().numpy()
+                has[m][rows] = True
+            if pooled:
+                normed = {m: torch.nn.functional.normalize(v.float(), dim=1) for m, v in pooled.items()}
+                fused[start:start + b] = fusion(normed, present)[0].cpu().numpy()
+            start += b
+    patients = list(dataset.patients)
+    any_modality = np.any(np.stack([has[m] for m in modalities]), axis=0)
+    if not any_modality.any():
+        raise InputError(f"no patient of {manifest} has any of the checkpoint's modalities ({', '.join(modalities)})")
+    if not any_modality.all():
+        dropped = [p for p, ok in zip(patients, any_modality) if not ok]
+        logger.warning("%d patient(s) have none of the checkpoint's modalities (%s) and get no embedding: %s",
+                       len(dropped), ", ".join(modalities), dropped[:MAX_NAMED])
+    keep = np.flatnonzero(any_modality)
+    kept = [patients[i] for i in keep]
+
+    obs = cohort.metadata.reindex(kept)
+    obs.index = pd.Index(kept, name=keys.PATIENT_ID)
+    for m in modalities:
+        obs[f"has_{m}"] = has[m][keep]
+    label_columns: list[str] = []
+    if labels is not None:
+        table = read_labels(labels, patients=kept, patients_from=f"the cohort {manifest}", unknown=unknown_labels,
+                            id_column=id_column)
+        for col in table.columns:
+            if col in obs.columns:
+                if _as_text(obs[col]) != _as_text(table[col].reindex(kept)):
+                    raise InputError(f"labels table {labels}: column {col!r} is also manifest metadata with other "
+                                     "values; rename it in the labels table")
+                continue
+            obs[col] = table[col].reindex(kept).to_numpy()
+            label_columns.append(col)
+    adata = ad.AnnData(X=fused[keep].copy(), obs=_obs_safe(obs),
+                       var=pd.DataFrame(index=[f"fused_{i:03d}" for i in range(dim)]))
+    adata.obsm[FUSED] = fused[keep]
+    for m in modalities:
+        adata.obsm[obsm_key(m)] = emb[m][keep]
+    adata.uns["biossl"] = {
+        "checkpoint": checkpoint.name, "checkpoint_biossl_version": str(state.get("version", "")),
+        "biossl_version": __version__, "data_fingerprint": str(state.get("data_fingerprint", "")),
+        "cohort_fingerprint": cohort.fingerprint(), "manifest": manifest.name, "modalities": modalities,
+        "embed_dim": int(dim), "fusion": FUSION_NOTE, "sampling": SAMPLING_NOTE, "seed": int(seed),
+        "bag_spec": {k: list(v) if isinstance(v, tuple) else ("none" if v is None else v)
+                     for k, v in vars(spec).items()},
+        "label_columns": label_columns,
+    }
+    logger.info("embedded %d patients: %s", len(kept), ", ".join(f"{m} {int(has[m].sum())}" for m in modalities))
+    return adata
+
+
+def write_embeddings(adata: ad.AnnData, path: str | Path) -> None:
+    """Write ``adata`` as ``.h5ad`` atomically (a failed write leaves no file under ``path``)."""
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+
+
+def read_embeddings(path: str | Path) -> ad.AnnData:
+    """Read an ``.h5ad`` written by :func:`write_embeddings`.
+
+    Raises:
+        InputError: the file is missing or not an h5ad.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"embeddings file {path} not found; write it with `biossl embed`")
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable .h5ad file ({exc}); write it with `biossl embed`") from exc
+
+
+__all__ = ["FUSED", "bag_spec_of", "embed_cohort", "obsm_key", "read_embeddings", "write_embeddings"]
