@@ -92,10 +92,11 @@ def main(argv: Sequence[str]) -> int:
     # The resolved run travels inside every checkpoint (plain YAML text: safe for weights_only loading).
     cli.model.data_state["config"] = cli.parser.dump(cli.config, skip_none=False)
     ckpt = cli.config.get("ckpt_path")
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    # Resuming loads the checkpoint with torch.load(weights_only=True): no pickled code runs.
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True if ckpt else None)
     # last.ckpt holds the final state, also when max_steps is not a multiple of checkpoint_every.
     checkpoint = cli.trainer.checkpoint_callback
     folder = getattr(checkpoint, "dirpath", None)
     if folder and cli.trainer.global_step > 0:
-        cli.trainer.save_checkpoint(Path(folder) / "last.ckpt")
+        cli.trainer.save_checkpoint(Path(folder) / "last.ckpt", weights_only=False)  # full state, resumable
     return 0

@@ -45,6 +45,13 @@ def test_short_run_leaves_metrics_config_and_checkpoints(tmp_path: Path) -> None
     assert any(k.startswith("_") for k in ckpt["hyper_parameters"])
     loaded = PretrainModule.from_checkpoint(root / "checkpoints" / "last.ckpt")
     assert set(loaded.encoders) == {"wsi", "volume", "expression", "sequence"}
+    # Resume through the CLI (safe loading) from the step-2 checkpoint and run to step 4.
+    code = main(["pretrain", "--config", str(CONFIG), "--data.manifest", str(DEMO_MANIFEST),
+                 "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(root),
+                 "--trainer.max_steps", "4", "--checkpoint_every", "2",
+                 "--ckpt_path", str(root / "checkpoints" / "step000002.ckpt")])
+    assert code == 0
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
 
 
 def test_wrong_type_in_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
