@@ -27,11 +27,27 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600 files; outputs get the usual umask-based mode
+            tmp.chmod(_default_mode())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide, so never toggle it later
+
+
+def _default_mode() -> int:
+    """``0o666`` less the process umask (what ``open(path, "w")`` would give)."""
+    return 0o666 & ~_UMASK
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the in-repo fixtures and to ``../shared/data`` (skipped where absent)."""
+"""Shared fixtures: paths to the in-repo fixtures and to ``../shared/data`` (skipped where absent), and a tiny
+pretraining checkpoint of the demo cohort with its embeddings (for the ``embed`` / ``finetune`` tests)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,50 @@ def shared_data() -> Path:
 def demo_cohort() -> Path:
     """The bundled demo cohort's folder."""
     return REPO / "biossl" / "demo_data"
+
+
+#: A one-step pretraining of tiny encoders on every demo modality (the checkpoint the downstream tests use).
+TINY_PRETRAIN = """\
+seed_everything: 0
+trainer: {max_steps: 1, enable_model_summary: false, enable_progress_bar: false}
+model:
+  modalities:
+    wsi: {encoder: image/vit_tiny, spatial_dims: 2, in_channels: 3, img_size: 32, patch_size: 8}
+    volume: {encoder: image/vit_tiny, spatial_dims: 3, in_channels: 1, img_size: 16, patch_size: 8}
+    expression: {encoder: expression/transformer, embed_dim: 32, depth: 1}
+    sequence: {encoder: sequence/transformer, embed_dim: 32, depth: 1}
+  embed_dim: 32
+  warmup_steps: 1
+data:
+  batch_size: 12
+  spec: {tiles: 2, tile_px: 32, patches: 1, patch_size: [16, 16, 16], windows: 2, window_length: 32}
+"""
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory: pytest.TempPathFactory, demo_cohort: Path) -> tuple[Path, Path]:
+    """(checkpoint, work dir) of a one-step pretraining of tiny encoders on the demo cohort (~4 s)."""
+    from biossl.cli import main
+
+    root = tmp_path_factory.mktemp("pretrain")
+    (root / "tiny.yaml").write_text(TINY_PRETRAIN)
+    code = main(["pretrain", "--config", str(root / "tiny.yaml"), "--data.manifest", str(demo_cohort / "manifest.csv"),
+                 "--data.work_dir", str(root / "work"), "--trainer.default_root_dir", str(root / "run")])
+    assert code == 0
+    return root / "run" / "checkpoints" / "last.ckpt", root / "work"
+
+
+@pytest.fixture(scope="session")
+def embedded(pretrained: tuple[Path, Path], demo_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``biossl embed`` of the demo cohort (with its labels) from the ``pretrained`` checkpoint."""
+    from biossl.cli import main
+
+    checkpoint, work = pretrained
+    out = tmp_path_factory.mktemp("embed") / "demo.h5ad"
+    code = main(["embed", "--checkpoint", str(checkpoint), "--manifest", str(demo_cohort / "manifest.csv"),
+                 "--labels", str(demo_cohort / "labels.csv"), "--work-dir", str(work), "--out", str(out)])
+    assert code == 0
+    return out
 
 
 def run_two_processes(test_file: str, out: Path, *, timeout: float = 60.0) -> None:

@@ -1,15 +1,27 @@
-"""``biossl finetune``: clinical heads on patient embeddings, cross-validated, with baselines, as JSON.
+"""``biossl finetune``: clinical heads, cross-validated, in several modes and with baselines, as JSON.
 
-Built: the linear (or MLP) probe on frozen embeddings from ``biossl embed`` and, with
-``--baseline-features``, the PCA + logistic regression / Cox baseline on raw features, both on the same
-patients and folds. Fine-tuning the encoders, training from scratch, label fractions and pseudo-labels
-are later :class:`biossl.downstream.methods.Method` implementations run by the same cross-validation.
+Every method of a run is scored on the same patients and folds, side by side in the JSON:
+
+* ``--mode probe`` (default): a linear (or MLP) probe on frozen embeddings -- from ``--embeddings``
+  (``biossl embed``), or computed here from ``--checkpoint`` and ``--manifest``;
+* ``--mode finetune``: the checkpoint's encoders, projections and attention-MIL pools trained end to
+  end with the head (:mod:`biossl.downstream.finetuning`);
+* ``--mode scratch``: the same architecture with random weights, same training;
+* ``--baseline-features``: PCA + logistic regression / Cox on raw features; ``--baseline-kmer K``:
+  k-mer logistic regression on the patients' DNA (:mod:`biossl.downstream.kmers`);
+* ``--label-fractions`` / ``--seeds``: every method again on fractions of each training fold's labels
+  (:mod:`biossl.downstream.cv`), written to the JSON's ``label_efficiency`` section and drawn as a PNG;
+* ``--semi-supervised``: pseudo-labelled variants (``<method>+pl``) of the probe and of fine-tuning
+  that also train on the unlabelled patients (subtype only).
 
 Examples::
 
     biossl finetune --embeddings emb.h5ad --labels labels.csv --task subtype --label-column subtype --out r.json
     biossl finetune --embeddings emb.h5ad --labels labels.csv --task survival --splits splits/
                     --baseline-features expression.csv --out r.json
+    biossl finetune --checkpoint last.ckpt --manifest manifest.csv --labels labels.csv --task subtype
+                    --label-column subtype --mode probe,finetune,scratch --label-fractions 0.1,0.25,1
+                    --seeds 0,1,2 --out r.json          # also writes r.png
 """
 
 from __future__ import annotations
@@ -25,14 +37,32 @@ logger = logging.getLogger(__name__)
 
 #: Default L2 penalty of the probe by task (loss averaged per patient, or per event for Cox).
 DEFAULT_L2 = {"subtype": 0.01, "survival": 0.1}
+MODES = ("probe", "finetune", "scratch")
+
+
+class _Defaults:
+    """Fine-tuning defaults (:class:`biossl.downstream.finetuning.FinetuneSettings`), without importing torch."""
+
+    epochs = 10
+    batch_size = 16
+    lr = 1e-3
+    encoder_lr = 1e-4
+    weight_decay = 0.01
+    pseudo_threshold = 0.95
+    pseudo_weight = 1.0
+
+
+D = _Defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's arguments."""
     parser.add_argument("--embeddings", type=Path, default=None, metavar="H5AD",
-                        help="patient embeddings from `biossl embed` (omit to run only --baseline-features)")
+                        help="patient embeddings from `biossl embed` for the probe (omit to embed here from "
+                             "--checkpoint and --manifest, or to run only baselines)")
     parser.add_argument("--embedding", default="X_fused", metavar="KEY",
-                        help="obsm key to probe: X_fused (default), X_expression, X_wsi, X_volume, X_sequence")
+                        help="embedding to probe / fine-tune: X_fused (default), X_expression, X_wsi, X_volume, "
+                             "X_sequence")
     parser.add_argument("--labels", type=Path, required=True, metavar="CSV", help="per-patient labels table")
     parser.add_argument("--id-column", default="patient_id", help="patient column of --labels (default patient_id)")
     parser.add_argument("--unknown-labels", choices=("error", "drop"), default="error",
@@ -60,7 +90,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="raw features (expression table: CSV/TSV/Parquet/h5ad) for the PCA baseline")
     parser.add_argument("--baseline-components", type=int, default=16, help="PCA components of the baseline")
     parser.add_argument("--baseline-penalizer", type=float, default=1.0, help="lifelines Cox penalizer (default 1)")
+    parser.add_argument("--baseline-kmer", type=int, nargs="?", const=4, default=None, metavar="K",
+                        help="k-mer frequencies (length K; 4 when K is omitted) + logistic regression on the "
+                             "patients' DNA of --manifest (subtype tasks)")
+    parser.add_argument("--kmer-canonical", action="store_true",
+                        help="merge each k-mer with its reverse complement (default: strand-specific k-mers)")
     parser.add_argument("--out", type=Path, required=True, metavar="JSON", help="result file (written atomically)")
+    modes = parser.add_argument_group("modes: probe, fine-tuning, from scratch")
+    modes.add_argument("--mode", default=None, metavar="MODES",
+                       help="comma-separated: probe (frozen embeddings; default), finetune (train the "
+                            "checkpoint's encoders end to end), scratch (same architecture, random weights)")
+    modes.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
+                       help="pretraining checkpoint (finetune, scratch; probe without --embeddings)")
+    modes.add_argument("--manifest", type=Path, default=None, metavar="MANIFEST",
+                       help="cohort manifest the checkpoint's encoders read (and --baseline-kmer's sequences)")
+    modes.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
+                       help="tile coordinates and scan cache (default: the pretraining run's, else biossl_work)")
+    modes.add_argument("--features-dir", type=Path, default=None, metavar="DIR",
+                       help="cached tile features (checkpoints pretrained with `biossl cache-features`)")
+    modes.add_argument("--skip-bad", action="store_true", help="skip unreadable manifest rows with a warning")
+    modes.add_argument("--device", default="auto", help="auto (CUDA if available, bf16 autocast), cpu, cuda, ...")
+    modes.add_argument("--epochs", type=int, default=D.epochs, help=f"finetune/scratch epochs (default {D.epochs})")
+    modes.add_argument("--batch-size", type=int, default=D.batch_size, metavar="N",
+                       help=f"patients per finetune/scratch step (default {D.batch_size})")
+    modes.add_argument("--lr", type=float, default=D.lr,
+                       help=f"AdamW learning rate of the projections, pools and head; of everything for scratch "
+                            f"(default {D.lr:g})")
+    modes.add_argument("--encoder-lr", type=float, default=D.encoder_lr,
+                       help=f"learning rate of the pretrained encoders in finetune mode (default {D.encoder_lr:g})")
+    modes.add_argument("--weight-decay", type=float, default=D.weight_decay,
+                       help=f"AdamW weight decay (default {D.weight_decay:g})")
+    eff = parser.add_argument_group("label efficiency and semi-supervised learning")
+    eff.add_argument("--label-fractions", default=None, metavar="F,F,...",
+                     help="fractions in (0, 1] of each training fold's labelled patients, e.g. 0.01,0.05,0.1,0.25,1")
+    eff.add_argument("--seeds", default=None, metavar="S,S,...",
+                     help="seeds of the label subsample and the fits at each fraction (default: --seed)")
+    eff.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                     help="label-efficiency plot (default: --out with .png)")
+    eff.add_argument("--semi-supervised", action="store_true",
+                     help="add pseudo-labelled variants (<method>+pl) of probe/finetune that also train on the "
+                          "unlabelled patients (subtype only)")
+    eff.add_argument("--pseudo-threshold", type=float, default=D.pseudo_threshold,
+                     help=f"confidence above which an unlabelled patient gets a pseudo-label (default "
+                          f"{D.pseudo_threshold})")
+    eff.add_argument("--pseudo-weight", type=float, default=D.pseudo_weight,
+                     help=f"weight of the pseudo-label loss (default {D.pseudo_weight:g})")
 
 
 def _json_safe(value: Any) -> Any:
@@ -101,49 +175,187 @@ def _baseline_features(path: Path) -> Any:
     return feature_frame(x, [str(p) for p in adata.obs["patient_id"]], what=f"baseline features {path}")
 
 
+def _parse_list(text: str | None, flag: str, kind: type) -> list[Any]:
+    from biossl.errors import InputError
+
+    if text is None:
+        return []
+    values = []
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        try:
+            values.append(kind(item))
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise InputError(f"{flag}: {item!r} is not {what}; give a comma-separated list such as "
+                             f"{'0,1,2' if kind is int else '0.1,0.25,1'}") from None
+    if not values:
+        raise InputError(f"{flag} is empty; give a comma-separated list")
+    return values
+
+
+def _modes(args: argparse.Namespace) -> list[str]:
+    from biossl.errors import InputError
+
+    if args.mode is None:
+        can_probe = args.embeddings is not None or (args.checkpoint is not None and args.manifest is not None)
+        return ["probe"] if can_probe else []
+    modes = list(dict.fromkeys(m.strip() for m in str(args.mode).split(",") if m.strip()))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise InputError(f"--mode {args.mode}: unknown mode(s) {unknown}; give one or more of "
+                         f"{', '.join(MODES)}, comma-separated (e.g. --mode probe,finetune,scratch)")
+    for mode in modes:
+        if mode in ("finetune", "scratch") and (args.checkpoint is None or args.manifest is None):
+            missing = " and ".join(f for f, v in (("--checkpoint CKPT", args.checkpoint),
+                                                  ("--manifest MANIFEST", args.manifest)) if v is None)
+            raise InputError(f"--mode {mode} needs {missing}: the pretraining checkpoint whose architecture "
+                             f"{'is fine-tuned' if mode == 'finetune' else 'is trained from scratch'} and the "
+                             "cohort manifest its encoders read")
+    if "probe" in modes and args.embeddings is None and (args.checkpoint is None or args.manifest is None):
+        raise InputError("--mode probe needs --embeddings H5AD (from `biossl embed`), or --checkpoint CKPT and "
+                         "--manifest MANIFEST to embed the cohort here")
+    return modes
+
+
+def _check_args(args: argparse.Namespace, modes: list[str]) -> None:
+    from biossl.downstream.kmers import MAX_K
+    from biossl.downstream.methods import SURVIVAL_PSEUDO_LABELS
+    from biossl.errors import InputError
+
+    if args.task == "subtype" and not args.label_column:
+        raise InputError("--task subtype needs --label-column COL (the labels table's class column)")
+    if not modes and args.baseline_features is None and args.baseline_kmer is None:
+        raise InputError("nothing to evaluate: give --embeddings (from `biossl embed`), --checkpoint with --manifest "
+                         "and --mode, --baseline-features and/or --baseline-kmer")
+    if args.semi_supervised:
+        if args.task != "subtype":
+            raise InputError(SURVIVAL_PSEUDO_LABELS)
+        if not {"probe", "finetune"} & set(modes):
+            raise InputError("--semi-supervised adds pseudo-labelled variants of --mode probe and finetune; "
+                             "give one of those modes")
+    if args.baseline_kmer is not None:
+        if args.task != "subtype":
+            raise InputError("--baseline-kmer is a classification baseline (k-mer logistic regression); use it with "
+                             "--task subtype")
+        if args.manifest is None:
+            raise InputError("--baseline-kmer needs --manifest MANIFEST: the cohort whose DNA sequence files are "
+                             "counted")
+        if not 1 <= args.baseline_kmer <= MAX_K:
+            raise InputError(f"--baseline-kmer must be between 1 and {MAX_K} (4**K features); got "
+                             f"{args.baseline_kmer}")
+    if args.plot is not None and args.label_fractions is None:
+        raise InputError("--plot draws the label-efficiency curve: give --label-fractions too")
+    if args.seeds is not None and args.label_fractions is None:
+        raise InputError("--seeds repeats the label-efficiency runs: give --label-fractions too")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Cross-validate the probe (and baselines) and write the JSON result."""
+    """Cross-validate the probe, fine-tuning, scratch and baselines; write the JSON (and the PNG)."""
     import pandas as pd
 
     from biossl import __version__
     from biossl.data.labels import MAX_NAMED, read_labels
     from biossl.data.splits import read_splits
-    from biossl.downstream.cv import common_patients, cross_validate, folds_for, summary_table
-    from biossl.downstream.methods import LinearProbe, Method, PCABaseline
+    from biossl.downstream.cv import (
+        check_fraction,
+        common_patients,
+        cross_validate,
+        folds_for,
+        label_efficiency,
+        label_efficiency_table,
+        summary_table,
+    )
+    from biossl.downstream.methods import LinearProbe, Method, PCABaseline, feature_frame
     from biossl.downstream.tasks import subtype_task, survival_task
-    from biossl.errors import InputError
     from biossl.io import write_text_atomic
 
-    if args.embeddings is None and args.baseline_features is None:
-        raise InputError("nothing to evaluate: give --embeddings (from `biossl embed`) and/or --baseline-features")
-    if args.task == "subtype" and not args.label_column:
-        raise InputError("--task subtype needs --label-column COL (the labels table's class column)")
+    modes = _modes(args)
+    _check_args(args, modes)
+    fractions = sorted(set(_parse_list(args.label_fractions, "--label-fractions", float)))
+    for fraction in fractions:
+        check_fraction(fraction)
+    seeds = list(dict.fromkeys(_parse_list(args.seeds, "--seeds", int))) or [args.seed]
+
     methods: list[Method] = []
     inputs: dict[str, Any] = {"labels": args.labels.name}
-    known: list[str] | None = None
-    if args.embeddings is not None:
-        features, inputs["embeddings"], known = _probe_features(args.embeddings, args.embedding)
+    known: set[str] = set()
+    sources: list[str] = []
+    bags = None
+    settings = None
+    if {"finetune", "scratch"} & set(modes) or ("probe" in modes and args.embeddings is None):
+        from biossl.downstream.finetuning import CohortBags, FinetuneSettings, auto_device
+
+        settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                    encoder_lr=args.encoder_lr, weight_decay=args.weight_decay,
+                                    hidden=None if args.head == "linear" else args.hidden,
+                                    survival_loss=args.survival_loss, n_bins=args.bins,
+                                    pseudo_threshold=args.pseudo_threshold, pseudo_weight=args.pseudo_weight)
+        settings.check()
+        bags = CohortBags(args.checkpoint, args.manifest, work_dir=args.work_dir, features_dir=args.features_dir,
+                          skip_bad=args.skip_bad, seed=args.seed)
+        bags.modalities_for(args.embedding)  # a bad --embedding fails before any fit
+        known |= set(bags.dataset.patients)
+        sources.append(f"the cohort {args.manifest}")
+        inputs.update(checkpoint=args.checkpoint.name, manifest=args.manifest.name)
+    if "probe" in modes:
+        probe_name = f"{'linear' if args.head == 'linear' else 'mlp'}_probe"
+        if args.embeddings is not None:
+            features, inputs["embeddings"], patients = _probe_features(args.embeddings, args.embedding)
+            sources.append(f"the embeddings {args.embeddings}")
+        else:
+            assert bags is not None
+            frame = bags.embeddings(args.embedding, device=auto_device(args.device))
+            features = feature_frame(frame.to_numpy(), list(frame.index), what=f"{args.embedding} of {args.checkpoint}")
+            patients = list(frame.index)
+            inputs["embeddings"] = {"computed_from": args.checkpoint.name, "obsm": args.embedding,
+                                    "draw": "epoch 0 with --seed, as `biossl embed`"}
+        known |= set(patients)
         l2 = DEFAULT_L2[args.task] if args.l2 is None else args.l2
-        methods.append(LinearProbe(features, name=f"{'linear' if args.head == 'linear' else 'mlp'}_probe",
-                                   hidden=None if args.head == "linear" else args.hidden,
-                                   survival_loss=args.survival_loss, n_bins=args.bins, l2=l2))
+        probe_kw: dict[str, Any] = dict(hidden=None if args.head == "linear" else args.hidden,
+                                        survival_loss=args.survival_loss, n_bins=args.bins, l2=l2)
+        methods.append(LinearProbe(features, name=probe_name, **probe_kw))
+        if args.semi_supervised:
+            methods.append(LinearProbe(features, name=f"{probe_name}+pl", semi_supervised=True,
+                                       pseudo_threshold=args.pseudo_threshold, pseudo_weight=args.pseudo_weight,
+                                       **probe_kw))
+    for mode in ("finetune", "scratch"):
+        if mode in modes:
+            from biossl.downstream.finetuning import EncoderFinetune
+
+            assert bags is not None and settings is not None
+            methods.append(EncoderFinetune(bags, mode="finetune" if mode == "finetune" else "scratch",
+                                           embedding=args.embedding, settings=settings, device=args.device))
+            if mode == "finetune" and args.semi_supervised:
+                methods.append(EncoderFinetune(bags, mode="finetune", embedding=args.embedding, settings=settings,
+                                               semi_supervised=True, device=args.device))
     if args.baseline_features is not None:
         raw = _baseline_features(args.baseline_features)
         inputs["baseline_features"] = args.baseline_features.name
         kind = "cox" if args.task == "survival" else "logreg"
         methods.append(PCABaseline(raw, n_components=args.baseline_components, penalizer=args.baseline_penalizer,
                                    name=f"pca{args.baseline_components}_{kind}", source=args.baseline_features.name))
-        if known is None:
-            known = sorted(map(str, raw.index))
+        known |= set(map(str, raw.index))
+        sources.append(f"the baseline features {args.baseline_features}")
+    if args.baseline_kmer is not None:
+        from biossl.data.cohort import Cohort
+        from biossl.downstream.kmers import KmerBaseline, patient_kmer_frequencies
 
-    known_from = (f"the embeddings {args.embeddings}" if args.embeddings is not None
-                  else f"the baseline features {args.baseline_features}")
-    labels = read_labels(args.labels, patients=known, patients_from=known_from, unknown=args.unknown_labels,
-                         id_column=args.id_column)
+        cohort = bags.cohort if bags is not None else Cohort.from_manifest(args.manifest, skip_bad=args.skip_bad)
+        kmers = patient_kmer_frequencies(cohort, args.baseline_kmer, canonical=args.kmer_canonical)
+        methods.append(KmerBaseline(kmers, k=args.baseline_kmer, canonical=args.kmer_canonical))
+        inputs.setdefault("manifest", args.manifest.name)
+        known |= set(cohort.patients)
+        sources.append(f"the cohort {args.manifest}")
+
+    labels = read_labels(args.labels, patients=sorted(known), patients_from=" and ".join(dict.fromkeys(sources)),
+                         unknown=args.unknown_labels, id_column=args.id_column)
     if args.task == "subtype":
         task = subtype_task(labels, args.label_column, source=args.labels)
     else:
         task = survival_task(labels, args.time_column, args.event_column, source=args.labels)
+    unlabelled = sorted(known - set(task.patients))
     task = common_patients(task, methods)
     for reason, left in task.excluded.items():
         if left and reason.startswith("no_input"):
@@ -152,19 +364,43 @@ def run(args: argparse.Namespace) -> int:
     splits = read_splits(args.splits) if args.splits is not None else None
     task, folds = folds_for(task, splits=splits, n_folds=args.folds, seed=args.seed,
                             source=str(args.splits) if args.splits is not None else "")
-    results = cross_validate(task, methods, folds, seed=args.seed)
+    if args.semi_supervised:
+        logger.info("semi-supervised: %d patient(s) without a label join training, plus the labels each fraction "
+                    "drops", len(unlabelled))
+    pool = unlabelled if args.semi_supervised else []
+
+    efficiency: dict[str, Any] | None = None
+    plot_path = None
+    if fractions:
+        efficiency, runs = label_efficiency(task, methods, folds, fractions, seeds, unlabelled=pool)
+        results = runs.get((1.0, args.seed)) or cross_validate(task, methods, folds, seed=args.seed, unlabelled=pool)
+        from biossl.downstream.plots import plot_label_efficiency
+
+        plot_path = args.plot or args.out.with_suffix(".png")
+        plot_label_efficiency(efficiency, plot_path, title=f"{args.task}: {len(task)} patients; mean ± sd over "
+                              f"{int(folds['fold'].nunique())} folds x {len(seeds)} seed(s)")
+        efficiency["plot"] = Path(plot_path).name
+    else:
+        results = cross_validate(task, methods, folds, seed=args.seed, unlabelled=pool)
 
     fold_info = {"source": args.splits.name if args.splits is not None else f"{args.folds} stratified folds made "
                  f"with seed {args.seed}", "n_folds": int(folds["fold"].nunique())}
-    report = {
+    report: dict[str, Any] = {
         "biossl_version": __version__,
         "inputs": inputs,
+        "modes": modes,
         **task.describe(),
         "folds": {**fold_info, "assignment": dict(zip(folds["patient_id"], folds["fold"].astype(int)))},
         "excluded": {reason: {"n": len(p), "patients": p} for reason, p in task.excluded.items()},
         "metric_sd": "sample sd over folds (ddof 1); folds where a metric is undefined are left out (n_folds)",
         "methods": results,
     }
+    if args.semi_supervised:
+        report["unlabelled"] = {"n": len(unlabelled), "patients": unlabelled,
+                                "note": "patients with inputs but no usable label; with label fractions, each fit "
+                                        "also gets the training labels its fraction drops"}
+    if efficiency is not None:
+        report["label_efficiency"] = efficiency
     write_text_atomic(args.out, json.dumps(_json_safe(report), indent=1) + "\n")
     table = summary_table(results, task.metric_names)
     described = task.describe()
@@ -173,5 +409,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.task}: {len(task)} patients{extra}; {fold_info['n_folds']} folds ({fold_info['source']})")
     with pd.option_context("display.width", 200):
         print(table.to_string(index=False))
-    print(f"-> {args.out}")
+        if efficiency is not None:
+            print(f"label efficiency, {efficiency['metric']} (mean ± sd over folds x seeds {seeds}):")
+            print(label_efficiency_table(efficiency).to_string(index=False))
+    print(f"-> {args.out}" + (f", {plot_path}" if plot_path is not None else ""))
     return 0

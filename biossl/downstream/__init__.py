@@ -7,6 +7,12 @@
   Breslow ties; discrete-time NLL over time bins), each with its loss.
 * :mod:`~biossl.downstream.tasks`: validated subtype and survival targets, and how they are scored.
 * :mod:`~biossl.downstream.methods`: what is evaluated on a fold (a linear probe on frozen embeddings,
-  PCA baselines); other modes implement the same :class:`~biossl.downstream.methods.Method` contract.
-* :mod:`~biossl.downstream.cv`: patient-level k-fold cross-validation, mean ± sd over folds, JSON.
+  optionally self-trained with pseudo-labels; PCA baselines), the :class:`~biossl.downstream.methods.Method`
+  contract every mode implements.
+* :mod:`~biossl.downstream.finetuning`: the encoders fine-tuned end to end, or the same architecture
+  from scratch, with a task head (optionally with pseudo-labelled unlabelled patients).
+* :mod:`~biossl.downstream.kmers`: DNA k-mer counts and the k-mer logistic-regression baseline.
+* :mod:`~biossl.downstream.cv`: patient-level k-fold cross-validation, label fractions, mean ± sd over
+  folds (and seeds), JSON.
+* :mod:`~biossl.downstream.plots`: the label-efficiency plot.
 """

@@ -10,6 +10,20 @@ single class in a subtype test fold: no AUROC) are reported with the metric ``nu
 and the mean and sd run over the other folds (``n_folds`` says how many). The sd is the sample sd
 (ddof 1). Folds made here for survival are stratified by event, so each holds events when there are
 at least as many events as folds (fewer is an error).
+
+**Label fractions** (:func:`subsample_training`, :func:`label_efficiency`). Within each training fold
+of ``n`` labelled patients, a fraction ``f`` keeps ``round(f * n)`` of them (halves round up; ``f = 1``
+keeps all), stratified: by class for subtype, by event/censored for survival. Each stratum ``s`` first
+gets ``floor(f * n_s)``, the patients left go to the strata with the largest remainders (ties: class
+order), then every class present in the training fold is raised to at least 1 patient (subtype) and
+the events to at least 2 (survival), taking from the stratum with the most patients above its
+minimum. Which patients: a permutation of each stratum drawn from numpy's generator seeded
+``(seed, fold)``, of which the first ``k_s`` are kept -- so for one seed and fold, smaller fractions
+keep subsets of larger ones. The test fold is always scored in full. The training patients a
+fraction drops are *unlabelled* for that fit: semi-supervised methods may use them. A fraction
+outside (0, 1], or one that keeps fewer patients than classes (subtype) or fewer than 2 (survival),
+or a training fold with fewer than 2 events, is an :class:`~biossl.errors.InputError` raised before
+anything is fitted.
 """
 
 from __future__ import annotations
@@ -119,33 +133,139 @@ def _why_undefined(task: Task, test: np.ndarray, metric: str) -> str:
     return f"one class in the test fold: {metric} undefined"
 
 
-def cross_validate(task: Task, methods: Sequence[Method], splits: pd.DataFrame, *, seed: int = 0
-                   ) -> dict[str, dict[str, Any]]:
-    """Fit and score every method on every fold.
+FRACTION_RULE = ("round(f * n) of each training fold's n labelled patients (halves up), stratified by class "
+                 "(subtype) or event (survival), at least 1 per class / 2 events; nested across fractions "
+                 "for a seed and fold; the test fold is scored in full")
 
-    Returns:
-        ``{method name: {"settings": ..., "folds": [{"fold", "n_train", "n_test", <metric>: value|None,
-        "note"?}], "summary": {<metric>: {"mean", "sd", "n_folds"}}}}``.
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5 + 1e-9))
+
+
+def _fraction_text(fraction: float) -> str:
+    return f"{fraction:g}"
+
+
+def check_fraction(fraction: float) -> None:
+    """Raise :class:`InputError` unless ``0 < fraction <= 1``."""
+    if not (isinstance(fraction, int | float) and 0.0 < fraction <= 1.0):
+        raise InputError(f"--label-fractions: {fraction} is outside (0, 1]; give fractions of each training fold's "
+                         "labelled patients, e.g. 0.1,0.25,1")
+
+
+def _strata(task: Task, train: np.ndarray) -> tuple[list[np.ndarray], list[int], list[str]]:
+    """Per stratum of the training patients: positions into ``task``, the minimum kept, a name."""
+    if task.kind == "subtype":
+        assert task.y is not None
+        classes = [c for c in range(len(task.classes)) if (task.y[train] == c).any()]
+        return ([train[task.y[train] == c] for c in classes], [1] * len(classes),
+                [task.classes[c] for c in classes])
+    assert task.event is not None
+    events = task.event[train].astype(bool)
+    return [train[events], train[~events]], [2, 0], ["events", "censored"]
+
+
+def _too_few(task: Task, n_keep: int, minimum: int, n: int, fraction: float, fold: int) -> InputError:
+    what = (f"fewer than one per class ({minimum} classes)" if task.kind == "subtype"
+            else "fewer than the 2 events a survival fit needs")
+    lowest = (minimum - 0.5) / n
+    return InputError(f"--label-fractions {_fraction_text(fraction)} keeps {n_keep} of the {n} labelled training "
+                      f"patients of fold {fold} (round({_fraction_text(fraction)} x {n})), {what}; use fractions of "
+                      f"at least {math.ceil(lowest * 1000) / 1000:g} with these folds, or leave that fraction out")
+
+
+def subsample_training(task: Task, train: np.ndarray, fraction: float, *, seed: int = 0, fold: int = 0) -> np.ndarray:
+    """The training positions a label fraction keeps (sorted); the rule is in the module docstring.
 
     Raises:
-        InputError: a survival training fold has no event.
+        InputError: the fraction is outside (0, 1], keeps fewer patients than classes (subtype) or
+            than 2 (survival), or the training fold has fewer than 2 events (survival, fraction < 1).
     """
+    check_fraction(fraction)
+    train = np.asarray(train, dtype=np.int64)
+    if fraction == 1.0:
+        return np.sort(train)
+    strata, minimum, names = _strata(task, train)
+    sizes = np.array([len(s) for s in strata])
+    if task.kind == "survival" and sizes[0] < 2:
+        raise InputError(f"fold {fold}: only {int(sizes[0])} event(s) among its {len(train)} training patients; "
+                         "a label fraction below 1 keeps at least 2 events: use fewer folds (--folds) or "
+                         "leave out fractions below 1")
+    n_keep = _round_half_up(fraction * len(train))
+    need = sum(minimum)
+    if n_keep < max(need, 1):
+        raise _too_few(task, n_keep, need, len(train), fraction, fold)
+    quota = fraction * sizes
+    kept = np.floor(quota + 1e-9).astype(int)
+    remainder = quota - kept
+    for i in sorted(range(len(strata)), key=lambda i: (-remainder[i], i))[: n_keep - int(kept.sum())]:
+        kept[i] += 1
+    low = [min(m, int(n)) for m, n in zip(minimum, sizes)]
+    for i in range(len(strata)):
+        while kept[i] < low[i]:
+            donor = max(range(len(strata)), key=lambda j: (kept[j] - low[j], -j))
+            kept[donor] -= 1
+            kept[i] += 1
+    rng = np.random.default_rng((seed, fold))
+    chosen = [stratum[rng.permutation(len(stratum))[:k]] for stratum, k in zip(strata, kept)]
+    return np.sort(np.concatenate(chosen))
+
+
+def fold_indices(task: Task, splits: pd.DataFrame) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``[(fold, train positions, test positions)]`` of the task's patients."""
     fold_of = dict(zip(splits[PATIENT_ID].astype(str), splits[FOLD].astype(int)))
     fold_per_patient = np.array([fold_of[p] for p in task.patients])
+    return [(int(k), np.flatnonzero(fold_per_patient != k), np.flatnonzero(fold_per_patient == k))
+            for k in sorted(set(fold_per_patient))]
+
+
+def check_fractions(task: Task, splits: pd.DataFrame, fractions: Sequence[float]) -> None:
+    """Fail early (before any fit) if a fraction cannot be applied to a fold (:func:`subsample_training`)."""
+    for fraction in fractions:
+        for k, train, _ in fold_indices(task, splits):
+            subsample_training(task, train, fraction, seed=0, fold=k)
+
+
+def cross_validate(task: Task, methods: Sequence[Method], splits: pd.DataFrame, *, seed: int = 0,
+                   fraction: float = 1.0, unlabelled: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Fit and score every method on every fold.
+
+    Args:
+        task: The task, restricted to the patients every method scores (:func:`common_patients`).
+        methods: What to fit.
+        splits: ``patient_id, fold`` of the task's patients.
+        seed: Seed of the fits and of the label subsample.
+        fraction: Label fraction of each training fold (:func:`subsample_training`; 1 = all).
+        unlabelled: Patients without a label (never in a fold), offered to semi-supervised methods
+            with the training patients the fraction drops; each method gets those it has inputs for.
+
+    Returns:
+        ``{method name: {"settings": ..., "folds": [{"fold", "n_train", "n_train_labelled", "n_test",
+        <metric>: value|None, "note"?, "fit"?}], "summary": {<metric>: {"mean", "sd", "n_folds"}}}}``.
+
+    Raises:
+        InputError: a survival training fold has no event; a fraction that cannot be applied.
+    """
     results: dict[str, dict[str, Any]] = {m.name: {"settings": m.describe(), "folds": []} for m in methods}
-    for k in sorted(set(fold_per_patient)):
-        test = np.flatnonzero(fold_per_patient == k)
-        train = np.flatnonzero(fold_per_patient != k)
+    inputs = {m.name: m.patients() for m in methods}
+    for k, train_all, test in fold_indices(task, splits):
         if task.kind == "survival":
             assert task.event is not None
-            if task.event[train].sum() == 0:
-                raise InputError(f"fold {k}: none of its {len(train)} training patients had an event, so no survival "
-                                 "model can be fitted; use other splits or --folds with fewer folds")
+            if task.event[train_all].sum() == 0:
+                raise InputError(f"fold {k}: none of its {len(train_all)} training patients had an event, so no "
+                                 "survival model can be fitted; use other splits or --folds with fewer folds")
+        train = subsample_training(task, train_all, fraction, seed=seed, fold=k)
+        dropped = [task.patients[i] for i in np.setdiff1d(train_all, train)]
         for method in methods:
-            prediction = method.fit_predict(task, train, test, seed=seed)
+            pool = [p for p in [*unlabelled, *dropped] if p in inputs[method.name]]
+            prediction = method.fit_predict(task, train, test, seed=seed, unlabelled=pool)
             scores = task.score(test, prediction)
-            row: dict[str, Any] = {"fold": int(k), "n_train": len(train), "n_test": len(test)}
+            row: dict[str, Any] = {"fold": int(k), "n_train": len(train_all), "n_train_labelled": len(train),
+                                   "n_test": len(test)}
             row.update({name: None if math.isnan(v) else v for name, v in scores.items()})
+            fit = getattr(method, "last_fit", None)
+            if fit:
+                row["fit"] = dict(fit)
             notes = [_why_undefined(task, test, name) for name, v in scores.items() if math.isnan(v)]
             if notes:
                 row["note"] = "; ".join(notes)
@@ -156,6 +276,64 @@ def cross_validate(task: Task, methods: Sequence[Method], splits: pd.DataFrame, 
     for result in results.values():
         result["summary"] = {name: summarise([f[name] for f in result["folds"]]) for name in task.metric_names}
     return results
+
+
+def label_efficiency(task: Task, methods: Sequence[Method], splits: pd.DataFrame, fractions: Sequence[float],
+                     seeds: Sequence[int], *, unlabelled: Sequence[str] = ()
+                     ) -> tuple[dict[str, Any], dict[tuple[float, int], dict[str, dict[str, Any]]]]:
+    """Every method at every label fraction and seed, on the same folds.
+
+    Returns:
+        ``(section, runs)``: the JSON section ``{"fractions", "seeds", "metric", "rule", "methods": {name:
+        {fraction: {"n_train_labelled": [per fold], "runs": [{"seed", "fold", "n_train_labelled", <metrics>}],
+        "summary": {<metric>: {"mean", "sd", "n"}}}}}}`` -- mean and sample sd over folds x seeds, ``n``
+        the defined values -- and the raw :func:`cross_validate` result per ``(fraction, seed)``.
+
+    Raises:
+        InputError: a fraction that cannot be applied to some fold (checked before any fit).
+    """
+    for fraction in fractions:
+        check_fraction(fraction)
+    check_fractions(task, splits, fractions)
+    runs: dict[tuple[float, int], dict[str, dict[str, Any]]] = {}
+    for fraction in fractions:
+        for s in seeds:
+            logger.info("label fraction %s, seed %d", _fraction_text(fraction), s)
+            runs[(fraction, s)] = cross_validate(task, methods, splits, seed=s, fraction=fraction,
+                                                 unlabelled=unlabelled)
+    per_method: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        by_fraction: dict[str, Any] = {}
+        for fraction in fractions:
+            rows = [{"seed": s, **{k: v for k, v in f.items() if k not in ("n_train", "n_test", "fit")},
+                     **({"pseudo_label": f["fit"]["pseudo_label"]} if "pseudo_label" in f.get("fit", {}) else {})}
+                    for s in seeds for f in runs[(fraction, s)][method.name]["folds"]]
+            summary = {}
+            for metric in task.metric_names:
+                stats = summarise([r[metric] for r in rows])
+                summary[metric] = {"mean": stats["mean"], "sd": stats["sd"], "n": stats["n_folds"]}
+            by_fraction[_fraction_text(fraction)] = {
+                "n_train_labelled": [f["n_train_labelled"] for f in runs[(fraction, seeds[0])][method.name]["folds"]],
+                "runs": rows, "summary": summary}
+        per_method[method.name] = by_fraction
+    section = {"fractions": [float(f) for f in fractions], "seeds": [int(s) for s in seeds],
+               "metric": task.metric_names[0], "rule": FRACTION_RULE,
+               "sd": "sample sd over folds x seeds (ddof 1); undefined values left out (n)", "methods": per_method}
+    return section, runs
+
+
+def label_efficiency_table(section: Mapping[str, Any], metric: str | None = None) -> pd.DataFrame:
+    """One row per method, ``mean ± sd`` of ``metric`` (default the headline one) per fraction."""
+    metric = metric or section["metric"]
+    rows = []
+    for name, by_fraction in section["methods"].items():
+        row = {"method": name}
+        for fraction, entry in by_fraction.items():
+            s = entry["summary"][metric]
+            row[fraction] = ("n/a" if s["mean"] is None else f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["sd"] is not None
+                             else f"{s['mean']:.3f}")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def summary_table(results: Mapping[str, Mapping[str, Any]], metric_names: Sequence[str]) -> pd.DataFrame:
@@ -171,4 +349,6 @@ def summary_table(results: Mapping[str, Mapping[str, Any]], metric_names: Sequen
     return pd.DataFrame(rows)
 
 
-__all__ = ["common_patients", "cross_validate", "folds_for", "summarise", "summary_table"]
+__all__ = ["FRACTION_RULE", "check_fraction", "check_fractions", "common_patients", "cross_validate", "fold_indices",
+           "folds_for", "label_efficiency", "label_efficiency_table", "subsample_training", "summarise",
+           "summary_table"]

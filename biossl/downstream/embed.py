@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader
 
 from biossl import __version__
 from biossl.data import keys
-from biossl.data.bags import BagSampler, BagSpec, collate_bags
+from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, collate_bags
+from biossl.data.cohort import Cohort
 from biossl.data.labels import MAX_NAMED, read_labels
 from biossl.errors import InputError
 from biossl.io import atomic_path
@@ -106,6 +107,60 @@ def _obs_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str | Path | None = None,
+                features_dir: str | Path | None = None, skip_bad: bool = False, batch_size: int = 8,
+                num_workers: int = 0, seed: int = 0) -> tuple[PatientBagDataset, Cohort, list[str], BagSpec]:
+    """The patient-bag dataset of a cohort as a pretrained module reads it (bag spec, vocabulary, tiling).
+
+    Slides without tile coordinates are tiled into ``work_dir`` first (as pretraining does).
+
+    Args:
+        module: A :class:`~biossl.modules.pretrain.PretrainModule` loaded from ``checkpoint``.
+        checkpoint: Its file, for messages.
+        manifest: The cohort manifest.
+        work_dir: Tile coordinates and scan cache; default: the pretraining run's, else ``biossl_work``.
+        features_dir: Cached tile features (feature-cache checkpoints).
+        skip_bad: Skip unreadable manifest rows with a warning.
+        batch_size: Patients per batch of the data module.
+        num_workers: DataLoader workers.
+        seed: Seed of the instance draws.
+
+    Returns:
+        ``(dataset, cohort, the checkpoint's modalities in canonical order, bag spec)``.
+
+    Raises:
+        InputError: the checkpoint lacks what the data needs (bag spec, vocabulary, feature folder).
+    """
+    from biossl.data.datamodule import BagDataModule
+    from biossl.data.vocab import GeneVocabulary
+
+    state = module.data_state
+    modalities = [m for m in keys.MODALITIES if m in module.modality_specs]
+    spec = bag_spec_of(state, modalities, checkpoint)
+    data_cfg = _pretrain_data_config(state)
+    if keys.WSI in modalities and str(module.modality_specs[keys.WSI].get("encoder", "")).startswith("features/"):
+        features_dir = features_dir or data_cfg.get("features_dir")
+        if not features_dir:
+            raise InputError(f"checkpoint {checkpoint} encodes slides from cached tile features: pass the folder "
+                             "written by `biossl cache-features` with --features-dir")
+    if keys.EXPRESSION in modalities and not state.get("vocabulary"):
+        raise InputError(f"checkpoint {checkpoint} has an expression encoder but no gene vocabulary; "
+                         "re-run pretraining with this biossl version")
+    work = Path(work_dir or data_cfg.get("work_dir") or "biossl_work")
+    dm = BagDataModule(
+        manifest, work_dir=work, spec=spec, batch_size=batch_size, num_workers=num_workers, seed=seed,
+        mpp=float(data_cfg.get("mpp") or 0.5), tile_size=int(data_cfg.get("tile_size") or 256),
+        min_tissue=float(data_cfg.get("min_tissue") or 0.5), skip_bad=skip_bad, features_dir=features_dir,
+    )
+    if state.get("vocabulary"):
+        dm.vocabulary = GeneVocabulary(state["vocabulary"])
+    dm.prepare_data()
+    dm.setup("predict")
+    dataset, cohort = dm.dataset, dm.cohort
+    assert dataset is not None and cohort is not None
+    return dataset, cohort, modalities, spec
+
+
 def embed_cohort(
     checkpoint: str | Path,
     manifest: str | Path,
@@ -142,38 +197,15 @@ def embed_cohort(
         InputError: an unreadable or foreign checkpoint, a bad manifest or labels table, a checkpoint
             lacking what the data needs (bag spec, vocabulary), or no patient with an embeddable modality.
     """
-    from biossl.data.datamodule import BagDataModule
-    from biossl.data.vocab import GeneVocabulary
     from biossl.encoders.fusion import MeanFusion
-
-    checkpoint, manifest = Path(checkpoint), Path(manifest)
     from biossl.modules.pretrain import PretrainModule
 
+    checkpoint, manifest = Path(checkpoint), Path(manifest)
     module = PretrainModule.from_checkpoint(checkpoint)
+    dataset, cohort, modalities, spec = open_cohort(module, checkpoint, manifest, work_dir=work_dir,
+                                                    features_dir=features_dir, skip_bad=skip_bad,
+                                                    batch_size=batch_size, num_workers=num_workers, seed=seed)
     state = module.data_state
-    modalities = [m for m in keys.MODALITIES if m in module.modality_specs]
-    spec = bag_spec_of(state, modalities, checkpoint)
-    data_cfg = _pretrain_data_config(state)
-    if keys.WSI in modalities and str(module.modality_specs[keys.WSI].get("encoder", "")).startswith("features/"):
-        features_dir = features_dir or data_cfg.get("features_dir")
-        if not features_dir:
-            raise InputError(f"checkpoint {checkpoint} encodes slides from cached tile features: pass the folder "
-                             "written by `biossl cache-features` with --features-dir")
-    if keys.EXPRESSION in modalities and not state.get("vocabulary"):
-        raise InputError(f"checkpoint {checkpoint} has an expression encoder but no gene vocabulary; "
-                         "re-run pretraining with this biossl version")
-    work = Path(work_dir or data_cfg.get("work_dir") or "biossl_work")
-    dm = BagDataModule(
-        manifest, work_dir=work, spec=spec, batch_size=batch_size, num_workers=num_workers, seed=seed,
-        mpp=float(data_cfg.get("mpp") or 0.5), tile_size=int(data_cfg.get("tile_size") or 256),
-        min_tissue=float(data_cfg.get("min_tissue") or 0.5), skip_bad=skip_bad, features_dir=features_dir,
-    )
-    if state.get("vocabulary"):
-        dm.vocabulary = GeneVocabulary(state["vocabulary"])
-    dm.prepare_data()
-    dm.setup("predict")
-    dataset, cohort = dm.dataset, dm.cohort
-    assert dataset is not None and cohort is not None
     loader = DataLoader(dataset, batch_size=batch_size, sampler=BagSampler(len(dataset), shuffle=False, seed=seed),
                         collate_fn=collate_bags, num_workers=num_workers)
 
@@ -264,4 +296,5 @@ def read_embeddings(path: str | Path) -> ad.AnnData:
         raise InputError(f"{path} is not a readable .h5ad file ({exc}); write it with `biossl embed`") from exc
 
 
-__all__ = ["FUSED", "bag_spec_of", "embed_cohort", "obsm_key", "read_embeddings", "write_embeddings"]
+__all__ = ["FUSED", "bag_spec_of", "embed_cohort", "obsm_key", "open_cohort", "read_embeddings",
+           "write_embeddings"]

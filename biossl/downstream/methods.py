@@ -8,9 +8,17 @@ Built here:
 * :class:`PCABaseline`: standardise, PCA, then logistic regression (subtype) or a lifelines Cox model
   (survival) on raw features such as an expression table.
 
-Modes still to come (fine-tuning the encoders, the same architecture from scratch, label fractions,
-pseudo-labels) are further :class:`Method` implementations: they receive the same
+Elsewhere: fine-tuning the encoders end to end and the same architecture from scratch
+(:class:`biossl.downstream.finetuning.EncoderFinetune`), and the DNA k-mer baseline
+(:class:`biossl.downstream.kmers.KmerBaseline`). All receive the same
 :class:`~biossl.downstream.tasks.Task` and fold indices, and return the same predictions.
+
+**Semi-supervised probe** (``semi_supervised=True``, subtype only): self-training with
+:class:`~biossl.objectives.pseudo_label.PseudoLabelLoss`. Round 0 is the plain probe on the labelled
+training patients; each of the next ``pseudo_rounds`` rounds refits the head on ``labelled loss +
+l2 + PseudoLabelLoss(unlabelled rows)`` where the pseudo-labels and their confidence come from the
+previous round's head (passed as the loss's ``weak_logits``, so the objective is fixed during an
+L-BFGS run). Unlabelled rows are standardised with the labelled training patients' statistics.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -34,6 +42,9 @@ logger = logging.getLogger(__name__)
 SurvivalLoss = Literal["cox", "discrete"]
 #: Feature matrices up to this many values are fitted on one thread.
 SMALL_PROBLEM = 4_000_000
+SURVIVAL_PSEUDO_LABELS = ("--semi-supervised applies to --task subtype only: pseudo-labels are confident class "
+                          "predictions, and a survival target (time, event) has no class to assign; drop "
+                          "--semi-supervised for survival")
 
 
 class Method(Protocol):
@@ -49,11 +60,14 @@ class Method(Protocol):
         """Settings, for the JSON report."""
         ...
 
-    def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int) -> np.ndarray:
+    def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int,
+                    unlabelled: Sequence[str] = ()) -> np.ndarray:
         """Fit on ``task`` patients at ``train``; return predictions for those at ``test``.
 
-        Predictions are class probabilities ``[n_test, C]`` in ``task.classes`` order (subtype) or
-        risk scores ``[n_test]``, higher = earlier event (survival).
+        ``unlabelled`` are patient IDs without a label for this fit (never test patients): semi-supervised
+        methods train on them, the others ignore them. Predictions are class probabilities
+        ``[n_test, C]`` in ``task.classes`` order (subtype) or risk scores ``[n_test]``, higher = earlier
+        event (survival). A method may leave what it wants reported about the fit in ``last_fit``.
         """
         ...
 
@@ -95,7 +109,8 @@ def one_thread_if_small(n_values: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays standardised with the mean and sd of ``train`` (constant columns: sd taken as 1)."""
     mean = train.mean(axis=0)
     std = train.std(axis=0)
     std[std == 0] = 1.0
@@ -111,32 +126,56 @@ def balanced_class_weight(y: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.as_tensor(weight)
 
 
-def fit_head(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l2: float,
-             max_iter: int = 500) -> float:
-    """Fit a head full-batch with L-BFGS (strong-Wolfe line search) on ``loss + l2/2 * ||W||^2``.
+def make_head(task: Task, train: np.ndarray, dim: int, *, hidden: int | None = None,
+              survival_loss: SurvivalLoss = "cox", n_bins: int = 4, balanced: bool = True) -> Head:
+    """The head for ``task`` on ``dim`` features, sized from the training patients at ``train``.
 
-    Biases are not penalised. Returns the final objective. Small problems run on one thread
+    Subtype: :class:`SubtypeHead` with balanced class weights of the training patients (or none).
+    Survival: :class:`CoxHead`, or :class:`DiscreteTimeHead` with ``n_bins`` bins cut at the training
+    patients' event-time quantiles.
+    """
+    if task.kind == "subtype":
+        assert task.y is not None
+        weight = balanced_class_weight(task.y[train], len(task.classes)) if balanced else None
+        return SubtypeHead(dim, len(task.classes), class_weight=weight, hidden=hidden)
+    if survival_loss == "cox":
+        return CoxHead(dim, hidden=hidden)
+    assert task.time is not None and task.event is not None
+    return DiscreteTimeHead(dim, survival_bin_edges(task.time[train], task.event[train], n_bins), hidden=hidden)
+
+
+def fit_head(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l2: float,
+             max_iter: int = 500, extra: Callable[[], torch.Tensor] | None = None) -> float:
+    """Fit a head full-batch with L-BFGS (strong-Wolfe line search) on ``loss + l2/2 * ||W||^2 (+ extra())``.
+
+    Biases are not penalised. ``extra`` adds a term computed from the head (a pseudo-label loss on
+    unlabelled rows). Returns the final objective. Small problems run on one thread
     (:func:`one_thread_if_small`).
     """
     with one_thread_if_small(x.numel()):
-        return _lbfgs(head, x, target, l2=l2, max_iter=max_iter)
+        return _lbfgs(head, x, target, l2=l2, max_iter=max_iter, extra=extra)
 
 
-def _lbfgs(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l2: float, max_iter: int) -> float:
+def _lbfgs(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l2: float, max_iter: int,
+           extra: Callable[[], torch.Tensor] | None = None) -> float:
     head.train()
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
                             tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
 
+    def value() -> torch.Tensor:
+        loss = head.loss(head(x), target) + 0.5 * l2 * sum(w.pow(2).sum() for w in head.weights())
+        return loss + extra() if extra is not None else loss
+
     def objective() -> torch.Tensor:
         opt.zero_grad()
-        loss = head.loss(head(x), target) + 0.5 * l2 * sum(w.pow(2).sum() for w in head.weights())
+        loss = value()
         loss.backward()
         return loss
 
     opt.step(objective)
     head.eval()
     with torch.no_grad():
-        return float(head.loss(head(x), target) + 0.5 * l2 * sum(w.pow(2).sum() for w in head.weights()))
+        return float(value())
 
 
 class LinearProbe:
@@ -151,16 +190,26 @@ class LinearProbe:
         n_bins: Time bins of the discrete-time head (quantiles of the training fold's event times).
         l2: L2 penalty on the weights (the loss is a mean per patient, or per event for Cox).
         balanced: Weight subtype classes by inverse training frequency.
+        semi_supervised: Self-train on the unlabelled patients with pseudo-labels (subtype only; see
+            the module docstring).
+        pseudo_threshold: Confidence ``tau`` of :class:`~biossl.objectives.pseudo_label.PseudoLabelLoss`.
+        pseudo_weight: Weight ``lambda`` of the pseudo-label term.
+        pseudo_rounds: Self-training rounds after the supervised fit.
     """
 
     def __init__(self, features: pd.DataFrame, *, name: str = "linear_probe", hidden: int | None = None,
                  survival_loss: SurvivalLoss = "cox", n_bins: int = 4, l2: float = 1e-2,
-                 balanced: bool = True, max_iter: int = 500) -> None:
+                 balanced: bool = True, max_iter: int = 500, semi_supervised: bool = False,
+                 pseudo_threshold: float = 0.95, pseudo_weight: float = 1.0, pseudo_rounds: int = 3) -> None:
         if survival_loss not in ("cox", "discrete"):
             raise InputError(f"survival loss must be 'cox' or 'discrete', not {survival_loss!r}")
         self.features, self.name, self.hidden = features, name, hidden
         self.survival_loss, self.n_bins, self.l2 = survival_loss, n_bins, l2
         self.balanced, self.max_iter = balanced, max_iter
+        self.semi_supervised, self.pseudo_threshold = semi_supervised, pseudo_threshold
+        self.pseudo_weight, self.pseudo_rounds = pseudo_weight, pseudo_rounds
+        #: What the last :meth:`fit_predict` reports (pseudo-label counts when semi-supervised).
+        self.last_fit: dict[str, Any] = {}
 
     def patients(self) -> set[str]:
         """Patients with features."""
@@ -172,31 +221,59 @@ class LinearProbe:
                 "features", "head": "linear" if self.hidden is None else f"mlp({self.hidden})",
                 "survival_loss": self.survival_loss, "n_bins": self.n_bins, "l2": self.l2,
                 "class_weight": "balanced" if self.balanced else "none", "optimiser": "L-BFGS, full batch",
-                "n_features": int(self.features.shape[1])}
+                "n_features": int(self.features.shape[1]),
+                **({"semi_supervised": {"loss": "PseudoLabelLoss (self-training)", "threshold": self.pseudo_threshold,
+                                        "weight": self.pseudo_weight, "rounds": self.pseudo_rounds}}
+                   if self.semi_supervised else {})}
 
     def build_head(self, task: Task, train: np.ndarray) -> Head:
         """The head for ``task`` sized from the features and the training patients."""
-        dim = self.features.shape[1]
-        if task.kind == "subtype":
-            assert task.y is not None
-            weight = balanced_class_weight(task.y[train], len(task.classes)) if self.balanced else None
-            return SubtypeHead(dim, len(task.classes), class_weight=weight, hidden=self.hidden)
-        if self.survival_loss == "cox":
-            return CoxHead(dim, hidden=self.hidden)
-        assert task.time is not None and task.event is not None
-        return DiscreteTimeHead(dim, survival_bin_edges(task.time[train], task.event[train], self.n_bins),
-                                hidden=self.hidden)
+        return make_head(task, train, self.features.shape[1], hidden=self.hidden, survival_loss=self.survival_loss,
+                         n_bins=self.n_bins, balanced=self.balanced)
 
-    def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int) -> np.ndarray:
-        """Standardise on ``train``, fit the head, predict ``test``."""
+    def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int,
+                    unlabelled: Sequence[str] = ()) -> np.ndarray:
+        """Standardise on ``train``, fit the head (then self-train on ``unlabelled`` if asked), predict ``test``."""
         x = self.features.loc[task.patients].to_numpy(dtype=np.float64)
-        x_train, x_test = _standardise(x[train], x[test])
+        x_train, x_test = standardise(x[train], x[test])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             head = self.build_head(task, train).double()
         fit_head(head, torch.from_numpy(x_train), task.target(train), l2=self.l2, max_iter=self.max_iter)
+        self.last_fit = {}
+        if self.semi_supervised:
+            if task.kind != "subtype":
+                raise InputError(SURVIVAL_PSEUDO_LABELS)
+            pool = [p for p in dict.fromkeys(unlabelled) if p in self.features.index]
+            raw = self.features.loc[pool].to_numpy(dtype=np.float64) if pool else np.zeros((0, x.shape[1]))
+            _, x_pool = standardise(x[train], raw)
+            self.last_fit = self._self_train(head, torch.from_numpy(x_train), task.target(train),
+                                             torch.from_numpy(x_pool))
         with torch.no_grad():
             return head.predict(head(torch.from_numpy(x_test)))
+
+    def _self_train(self, head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor],
+                    x_pool: torch.Tensor) -> dict[str, Any]:
+        from biossl.objectives.pseudo_label import PseudoLabelLoss
+
+        pseudo = PseudoLabelLoss(threshold=self.pseudo_threshold, weight=self.pseudo_weight)
+        none = torch.full((len(x_pool),), pseudo.unlabelled, dtype=torch.long)
+        used: list[float] = []
+        unsupervised = 0.0
+        for _ in range(self.pseudo_rounds if len(x_pool) else 0):
+            with torch.no_grad():
+                weak = head(x_pool)  # the previous round's predictions give the pseudo-labels
+
+            def term(weak: torch.Tensor = weak) -> torch.Tensor:
+                return pseudo(head(x_pool), none, weak)
+
+            fit_head(head, x, target, l2=self.l2, max_iter=self.max_iter, extra=term)
+            with torch.no_grad():
+                pseudo(head(x_pool), none, weak)
+            used.append(float(pseudo.diagnostics["pseudo_label/used_fraction"]))
+            unsupervised = float(pseudo.diagnostics["pseudo_label/unsupervised"])
+        return {"pseudo_label": {"n_unlabelled": len(x_pool), "threshold": self.pseudo_threshold,
+                                 "used_fraction_per_round": used, "unsupervised_loss": unsupervised}}
 
 
 class PCABaseline:
@@ -230,13 +307,14 @@ class PCABaseline:
                 "features": self.source, "n_features": int(self.features.shape[1]),
                 "n_components": self.n_components, "cox_penalizer": self.penalizer, "logreg_C": self.c}
 
-    def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int) -> np.ndarray:
+    def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int,
+                    unlabelled: Sequence[str] = ()) -> np.ndarray:
         """Fit the pipeline on ``train``; class probabilities or Cox log partial hazards for ``test``."""
         from sklearn.decomposition import PCA
 
         x = self.features.loc[task.patients].to_numpy(dtype=np.float64)
         with one_thread_if_small(x.size):
-            x_train, x_test = _standardise(x[train], x[test])
+            x_train, x_test = standardise(x[train], x[test])
             n = max(1, min(self.n_components, len(train) - 1, x.shape[1]))
             pca = PCA(n_components=n, svd_solver="full", random_state=seed).fit(x_train)
             z_train, z_test = pca.transform(x_train), pca.transform(x_test)
@@ -268,4 +346,5 @@ class PCABaseline:
         return np.asarray(model.predict_log_partial_hazard(pd.DataFrame(z_test, columns=cols)), dtype=np.float64)
 
 
-__all__ = ["LinearProbe", "Method", "PCABaseline", "balanced_class_weight", "feature_frame", "fit_head"]
+__all__ = ["SURVIVAL_PSEUDO_LABELS", "LinearProbe", "Method", "PCABaseline", "balanced_class_weight", "feature_frame",
+           "fit_head", "make_head", "standardise"]
