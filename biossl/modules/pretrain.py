@@ -36,6 +36,18 @@ from biossl.objectives._heads import cosine_momentum, momentum_update
 logger = logging.getLogger(__name__)
 
 
+def compile_methods(encoder: ModalityModel, backend: bool | str = True) -> None:
+    """Replace the encoder's entry points by ``torch.compile``-d versions, on the instance.
+
+    The engine calls ``embed`` / ``masked_loss`` / ``tokens`` rather than ``forward``, so compiling the
+    module (which compiles ``forward`` only) would do nothing; compiling the bound methods keeps the
+    module itself, its parameter names and its checkpoints unchanged.
+    """
+    name_of_backend = "inductor" if backend is True else str(backend)
+    for name in ("embed", "masked_loss", "tokens"):
+        setattr(encoder, name, torch.compile(getattr(encoder, name), backend=name_of_backend))
+
+
 class PretrainModule(pl.LightningModule):
     """Train every present modality jointly.
 
@@ -54,7 +66,9 @@ class PretrainModule(pl.LightningModule):
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up steps before the cosine decay.
         total_steps: Length of the cosine schedule; ``None`` uses the trainer's estimate.
-        compile: Wrap each encoder in ``torch.compile``.
+        compile: Compile each encoder's ``embed``, ``masked_loss`` and ``tokens`` with ``torch.compile``
+            (``True``: the default inductor backend; a string names another backend, e.g. ``"eager"``
+            to debug). Parameter names and checkpoints are the same as without compiling.
         seed: Seed of the per-step masking randomness (makes resumed runs equal to uninterrupted ones).
     """
 
@@ -70,7 +84,7 @@ class PretrainModule(pl.LightningModule):
         weight_decay: float = 0.05,
         warmup_steps: int = 10,
         total_steps: int | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -123,7 +137,9 @@ class PretrainModule(pl.LightningModule):
                 self._task_weights[self._loss_key(m, task)] = task.weight
             if any(t.needs_target for t in tasks):
                 self.targets[m] = build_target(enc)
-            self.encoders[m] = torch.compile(enc) if self.hparams["compile"] else enc  # type: ignore[assignment]
+            if self.hparams["compile"]:
+                compile_methods(enc, self.hparams["compile"])
+            self.encoders[m] = enc
             self.projections[m] = nn.Linear(enc.embed_dim, self.embed_dim)
             self.pools[m] = GatedAttentionMIL(self.embed_dim)
 
@@ -226,8 +242,7 @@ class PretrainModule(pl.LightningModule):
                     task.after_step(momentum)
                     bases.append(momentum)
             if m in self.targets and bases:
-                online = getattr(self.encoders[m], "_orig_mod", self.encoders[m])  # unwrap torch.compile
-                momentum_update(online, self.targets[m], min(bases))
+                momentum_update(self.encoders[m], self.targets[m], min(bases))
 
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -49,7 +49,8 @@ def _built(work: Path, modalities: dict[str, dict[str, Any]] | None = None) -> t
     dm.setup("fit")
     module = _module(modalities)
     module.modality_specs["expression"]["n_genes"] = len(dm.vocabulary)
-    module.modality_specs["sequence"]["max_len"] = SPEC.window_length
+    if "sequence" in module.modality_specs:
+        module.modality_specs["sequence"]["max_len"] = SPEC.window_length
     module.configure_model()
     return module, dm
 
@@ -165,3 +166,23 @@ def test_unknown_encoder_lists_known_names() -> None:
     with pytest.raises(KeyError, match="Known encoders: .*image/vit_tiny"):
         PretrainModule({"wsi": {"encoder": "image/vit_tiniest"}, "expression": {"encoder": "expression/mlp"}},
                        embed_dim=8).configure_model()
+
+
+def test_compile_compiles_the_entry_points_the_engine_calls(work: Path) -> None:
+    """``compile`` must reach embed/masked_loss (not only forward), with unchanged results and parameter names."""
+    specs = {"expression": dict(MODALITIES["expression"])}
+    plain, dm = _built(work, specs)
+    compiled = _module(specs, compile="eager")
+    compiled.modality_specs["expression"]["n_genes"] = len(dm.vocabulary)
+    compiled.configure_model()
+    compiled.load_state_dict(plain.state_dict())
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    enc = compiled.encoders["expression"]
+    assert hasattr(enc.embed, "_torchdynamo_orig_callable")  # a torch.compile-d function, not the plain method
+    plain.eval()
+    compiled.eval()
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        a = plain.encode_batch(batch, with_masked_loss=False)[0]["expression"]
+        b = compiled.encode_batch(batch, with_masked_loss=False)[0]["expression"]
+    assert torch.allclose(a, b, atol=1e-6)
