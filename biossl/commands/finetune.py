@@ -9,6 +9,9 @@ Every method of a run is scored on the same patients and folds, side by side in 
 * ``--mode scratch``: the same architecture with random weights, same training;
 * ``--baseline-features``: PCA + logistic regression / Cox on raw features; ``--baseline-kmer K``:
   k-mer logistic regression on the patients' DNA (:mod:`biossl.downstream.kmers`);
+* ``--splits``: the user's k folds, or one held-out test set (a table ``patient_id,split`` with
+  ``train`` / ``test``; ``dev`` rows are left out): every method above then trains on the training
+  patients and is scored once on the test patients (one "fold", sd null);
 * ``--label-fractions`` / ``--seeds``: every method again on fractions of each training fold's labels
   (:mod:`biossl.downstream.cv`), written to the JSON's ``label_efficiency`` section and drawn as a PNG;
 * ``--semi-supervised``: pseudo-labelled variants (``<method>+pl``) of the probe and of fine-tuning
@@ -74,7 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="event column, 1 = event observed, 0 = censored (default event)")
     folds = parser.add_mutually_exclusive_group()
     folds.add_argument("--splits", type=Path, default=None, metavar="SPLITS",
-                       help="user folds: a table patient_id,fold or a folder of PORPOISE splits_{k}.csv")
+                       help="user folds: a table patient_id,fold or a folder of PORPOISE splits_{k}.csv; or one "
+                            "held-out test set: a table patient_id,split with train/test (dev rows are left out), "
+                            "every method trained on train and scored on test")
     folds.add_argument("--folds", type=int, default=5, metavar="K",
                        help="K stratified folds made here (default 5; by class, or by event for survival)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of the heads (default 0)")
@@ -257,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
 
     from biossl import __version__
     from biossl.data.labels import MAX_NAMED, read_labels
-    from biossl.data.splits import read_splits
+    from biossl.data.splits import is_held_out, read_splits, scored_folds
     from biossl.downstream.cv import (
         check_fraction,
         common_patients,
@@ -378,13 +383,20 @@ def run(args: argparse.Namespace) -> int:
 
         plot_path = args.plot or args.out.with_suffix(".png")
         plot_label_efficiency(efficiency, plot_path, title=f"{args.task}: {len(task)} patients; mean ± sd over "
-                              f"{int(folds['fold'].nunique())} folds x {len(seeds)} seed(s)")
+                              f"{len(scored_folds(folds))} folds x {len(seeds)} seed(s)")
         efficiency["plot"] = Path(plot_path).name
     else:
         results = cross_validate(task, methods, folds, seed=args.seed, unlabelled=pool)
 
-    fold_info = {"source": args.splits.name if args.splits is not None else f"{args.folds} stratified folds made "
-                 f"with seed {args.seed}", "n_folds": int(folds["fold"].nunique())}
+    held_out = is_held_out(folds)
+    fold_info: dict[str, Any] = {
+        "source": args.splits.name if args.splits is not None else f"{args.folds} stratified folds made with seed "
+        f"{args.seed}", "n_folds": len(scored_folds(folds))}
+    if held_out:
+        fold_info["design"] = ("held-out test set: fold -1 = split train (always trained on), fold 0 = split test "
+                               "(scored); dev patients left out")
+        fold_info["n_train"] = int((folds["fold"] == -1).sum())
+        fold_info["n_test"] = int((folds["fold"] != -1).sum())
     report: dict[str, Any] = {
         "biossl_version": __version__,
         "inputs": inputs,
@@ -406,7 +418,9 @@ def run(args: argparse.Namespace) -> int:
     described = task.describe()
     extra = (f", {described['n_events']} events" if "n_events" in described
              else f", classes {described.get('classes')}")
-    print(f"{args.task}: {len(task)} patients{extra}; {fold_info['n_folds']} folds ({fold_info['source']})")
+    design = (f"held-out test set ({fold_info['n_train']} train, {fold_info['n_test']} test; {fold_info['source']})"
+              if held_out else f"{fold_info['n_folds']} folds ({fold_info['source']})")
+    print(f"{args.task}: {len(task)} patients{extra}; {design}")
     with pd.option_context("display.width", 200):
         print(table.to_string(index=False))
         if efficiency is not None:

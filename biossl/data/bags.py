@@ -92,7 +92,9 @@ class BagSampler(Sampler[tuple[int, int]]):
 class PatientBagDataset(Dataset[dict[str, Any]]):
     """One item per patient: ``{"patient_id", "metadata", <modality>: {"x": Tensor[k, ...]}}``.
 
-    Expression tables and DNA files are read and tokenised once, at construction; slide tiles and
+    Expression tables and DNA files are read and tokenised once, at construction (a table shared by
+    many patients, expression or DNA with a ``patient_id`` column, is read once and each patient gets
+    its own rows); slide tiles and
     scans are read lazily inside ``__getitem__`` (so inside DataLoader workers), tiles through a
     per-worker cache of open slides and scans through a preprocessing cache.
 
@@ -207,14 +209,14 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
                 self._expr[p] = (np.concatenate(rows).astype(np.float32), np.concatenate(masks))
 
     def _load_sequences(self) -> None:
-        from biossl.data.sequence import encode, read_sequences, windows
+        from biossl.data.sequence import encode, patient_sequences, windows
 
         length = self.spec.window_length
         for p in self.patients:
             wins = [
                 windows(encode(rec.sequence), length, length)
                 for path in self.cohort.files(p, keys.SEQUENCE)
-                for rec in read_sequences(path)
+                for rec in patient_sequences(path, p)  # a table with patient_id: only p's rows
             ]
             if wins:
                 self._seqs[p] = np.concatenate(wins).astype(np.int64)

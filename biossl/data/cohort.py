@@ -4,7 +4,8 @@ A manifest is a CSV, TSV or Parquet table with one row per file: ``patient_id``,
 of :data:`biossl.data.keys.MODALITIES`, case and surrounding spaces ignored), ``path`` (relative to
 the manifest's folder unless absolute) and optional metadata columns (``site``, ``scanner``,
 ``batch``, ``slide_mpp``, ...). A patient may have several rows per modality; an expression row may
-point to a table holding many patients, in which the patient is then looked up.
+point to a table holding many patients, in which the patient is then looked up, and so may a sequence
+row (a CSV/TSV table with a ``patient_id`` column). Each file is probed once, however many rows name it.
 
 Row numbers in messages count as in a spreadsheet: the header is row 1, the first record row 2.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from biossl.data.keys import EXPRESSION, MODALITIES, MODALITY, PATH, PATIENT_ID, REQUIRED_COLUMNS
+from biossl.data.keys import EXPRESSION, MODALITIES, MODALITY, PATH, PATIENT_ID, REQUIRED_COLUMNS, SEQUENCE
 from biossl.data.labels import MAX_NAMED, read_table
 from biossl.errors import ManifestError
 from biossl.io import atomic_path
@@ -67,7 +68,7 @@ class _Checker:
         self.probes: dict[str, ProbeFn | None] = dict(probes or {})
         self.table_patients = table_patients
         self._reasons: dict[tuple[str, str], str | None] = {}
-        self._tables: dict[str, Collection[str] | str] = {}
+        self._tables: dict[tuple[str, str], Collection[str] | str | None] = {}
 
     def _probe_of(self, modality: str) -> ProbeFn | None:
         if modality not in self.probes:
@@ -90,21 +91,30 @@ class _Checker:
             self._reasons[modality, path] = reason
         return self._reasons[modality, path]
 
-    def _absent_from_table(self, patient: str, path: str) -> str | None:
-        if path not in self._tables:
-            fn = self.table_patients
+    def _absent_from_table(self, patient: str, path: str, modality: str = EXPRESSION) -> str | None:
+        """Why ``patient`` cannot use the table ``path`` (``None`` if it can); each table is read once.
+
+        A sequence file without a ``patient_id`` column (FASTA, plain table) is the patient's own: ``None``.
+        """
+        if (modality, path) not in self._tables:
+            fn: Callable[[Path], Collection[str] | None] | None = (
+                self.table_patients if modality == EXPRESSION else None)
             if fn is None:
-                fn = importlib.import_module("biossl.data.expression").table_patients
+                fn = importlib.import_module(f"biossl.data.{modality}").table_patients
             try:
-                self._tables[path] = frozenset(map(str, fn(Path(path))))
+                found_now = fn(Path(path))
+                self._tables[modality, path] = None if found_now is None else frozenset(map(str, found_now))
             except (ValueError, OSError) as exc:
-                self._tables[path] = f"unreadable expression table: {exc}"
-        found = self._tables[path]
+                self._tables[modality, path] = f"unreadable {modality} table: {exc}"
+        found = self._tables[modality, path]
+        if found is None:
+            return None
         if isinstance(found, str):
             return found
         if patient in found:
             return None
-        return (f"patient not in this expression table ({len(found)} patients, e.g. {sorted(found)[:3]}); "
+        column = " (column patient_id)" if modality == SEQUENCE else ""
+        return (f"patient not in this {modality} table{column} ({len(found)} patients, e.g. {sorted(found)[:3]}); "
                 "fix the patient_id or the path")
 
     def check_rows(self, df: pd.DataFrame, folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
@@ -137,8 +147,8 @@ class _Checker:
                           "fix the path or drop the row")
             elif self.probe:
                 reason = self._unreadable(modality, full)
-                if reason is None and modality == EXPRESSION:
-                    reason = self._absent_from_table(patient, full)
+                if reason is None and modality in (EXPRESSION, SEQUENCE):
+                    reason = self._absent_from_table(patient, full, modality)
             if patient and modality in MODALITIES and full:
                 seen.setdefault((patient, modality, full), row)
             if reason is not None:
@@ -233,7 +243,9 @@ class Cohort:
 
         Checked: required columns, empty manifest, empty ``patient_id``, unknown modality, empty path,
         missing file, duplicate rows (same patient, modality and file), files that the modality's probe
-        cannot read, expression patients absent from their table, patients left with no usable file.
+        cannot read (each distinct file probed once), expression patients absent from their table,
+        sequence patients absent from a sequence table's ``patient_id`` column, patients left with no
+        usable file.
 
         Args:
             path: The manifest (CSV, TSV or Parquet).

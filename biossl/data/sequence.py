@@ -3,12 +3,20 @@
 Token ids follow :mod:`biossl.data.keys`: PAD=0, A=1, C=2, G=3, T=4, N=5, MASK=6. Lower case is
 folded to upper case; the other IUPAC ambiguity codes (R Y S W K M B D H V) are read as N and counted
 (:attr:`SequenceRecord.n_ambiguous`, and a log line per file). Any other character is an error.
+
+**One file per patient, or one table for many.** A FASTA file, or a CSV/TSV table without a
+``patient_id`` column, holds one patient's sequences: every record belongs to the manifest row's
+patient. A CSV/TSV table *with* a ``patient_id`` column may hold many patients (like an expression
+table): a manifest row pointing to it gives its patient only the rows with that ``patient_id``
+(:func:`patient_sequences`), so one table can serve a manifest of one "patient" per sequence. Each
+file is read and validated once per process (cached by path, size and modification time).
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +44,9 @@ for _code in IUPAC_AMBIGUOUS:
 _COMPLEMENT = np.array([PAD_TOKEN, 4, 3, 2, 1, N_TOKEN, MASK_TOKEN], dtype=np.int64)
 #: Characters per token id for :func:`decode` (PAD is dropped, MASK shows as "?").
 _DECODE = np.array(["", *NUCLEOTIDES, "?"])
-_CACHE: dict[tuple[str, int, int], list[SequenceRecord]] = {}
+#: Column of a CSV/TSV sequence table that names each row's patient.
+PATIENT_COLUMN = "patient_id"
+_CACHE: dict[tuple[str, int, int], _Parsed] = {}
 _CACHE_SIZE = 32
 
 
@@ -47,6 +57,7 @@ class SequenceRecord:
     id: str
     sequence: str
     label: int | str | None = None
+    patient: str | None = None
 
     @property
     def n_ambiguous(self) -> int:
@@ -166,32 +177,91 @@ def pad_batch(sequences: Sequence[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    """A file's records and, for a table with a patient column, the records per patient."""
+
+    records: tuple[SequenceRecord, ...]
+    by_patient: dict[str, tuple[SequenceRecord, ...]] | None
+
+
+def _parsed(path: str | Path) -> _Parsed:
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is None or not path.is_file():
+        raise SequenceError(f"{path}: sequence file not found; check the path in the manifest")
+    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    parsed = _CACHE.get(key)
+    if parsed is None:
+        records = _read_records(path)
+        by_patient: dict[str, list[SequenceRecord]] | None = None
+        if records[0].patient is not None:
+            by_patient = {}
+            for rec in records:
+                by_patient.setdefault(str(rec.patient), []).append(rec)
+        parsed = _CACHE[key] = _Parsed(
+            tuple(records), None if by_patient is None else {p: tuple(r) for p, r in by_patient.items()}
+        )
+        while len(_CACHE) > _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+    return parsed
+
+
 def read_sequences(path: str | Path) -> list[SequenceRecord]:
     """Read and validate every record of a FASTA or CSV/TSV file.
 
     FASTA (``.fa .fasta .fna .fas``, optionally ``.gz``): the id is the header up to the first space.
-    CSV/TSV (optionally compressed): column ``sequence`` is required, ``id`` and ``label`` are
-    optional (without ``id`` a record's id is its 0-based row number).
+    CSV/TSV (optionally compressed): column ``sequence`` is required, ``id``, ``label`` and
+    ``patient_id`` are optional (without ``id`` a record's id is its 0-based row number; with
+    ``patient_id`` each record's :attr:`SequenceRecord.patient` is set, see :func:`patient_sequences`).
 
     Raises:
         SequenceError: unreadable or empty file, missing ``sequence`` column, an empty sequence or an
             invalid character (the message names the file, the record and the character).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SequenceError(f"{path}: sequence file not found; check the path in the manifest")
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    if key not in _CACHE:
-        _CACHE[key] = _read_records(path)
-        while len(_CACHE) > _CACHE_SIZE:
-            del _CACHE[next(iter(_CACHE))]
-    return list(_CACHE[key])
+    return list(_parsed(path).records)
+
+
+def table_patients(path: str | Path) -> frozenset[str] | None:
+    """Patients of a sequence table with a ``patient_id`` column; ``None`` for a one-patient file.
+
+    Raises:
+        SequenceError: the file cannot be read (see :func:`read_sequences`).
+    """
+    by_patient = _parsed(path).by_patient
+    return None if by_patient is None else frozenset(by_patient)
+
+
+def patient_sequences(path: str | Path, patient: str) -> list[SequenceRecord]:
+    """The records of ``path`` that belong to ``patient``.
+
+    For a FASTA file or a table without a ``patient_id`` column, that is every record (the file is
+    the patient's); for a table with one, the rows whose ``patient_id`` is ``patient``.
+
+    Raises:
+        SequenceError: the file cannot be read, or it is a table with a ``patient_id`` column that has
+            no row of ``patient`` (the message names the file, the patient and the column).
+    """
+    parsed = _parsed(path)
+    if parsed.by_patient is None:
+        return list(parsed.records)
+    rows = parsed.by_patient.get(str(patient))
+    if rows is None:
+        examples = sorted(parsed.by_patient)[:3]
+        raise SequenceError(
+            f"{path}: patient {patient!r} has no row in column {PATIENT_COLUMN!r} of this sequence table "
+            f"({len(parsed.by_patient)} patients, e.g. {examples}); fix the patient_id in the manifest or "
+            "in the table, or drop the manifest row"
+        )
+    return list(rows)
 
 
 def probe(path: str | Path) -> None:
     """Check that ``path`` reads as a valid sequence file; raise :class:`SequenceError` if not."""
-    read_sequences(path)
+    _parsed(path)
 
 
 def _read_records(path: Path) -> list[SequenceRecord]:
@@ -250,12 +320,21 @@ def _read_fasta(path: Path) -> list[SequenceRecord]:
 
 def _read_table(path: Path, *, sep: str) -> list[SequenceRecord]:
     try:
-        df = pd.read_csv(path, sep=sep, dtype={"sequence": str, "id": str}, keep_default_na=False)
+        df = pd.read_csv(path, sep=sep, dtype={"sequence": str, "id": str, PATIENT_COLUMN: str},
+                         keep_default_na=False)
     except pd.errors.EmptyDataError as exc:
         raise SequenceError(f"{path}: empty file") from exc
     if "sequence" not in df.columns:
-        raise SequenceError(f"{path}: no 'sequence' column; columns are {list(df.columns)}")
+        raise SequenceError(f"{path}: no 'sequence' column; columns are {list(df.columns)}. A sequence table "
+                            f"needs a column 'sequence' (and optionally {PATIENT_COLUMN!r}, 'id', 'label')")
     ids = df["id"].astype(str).tolist() if "id" in df.columns else [str(i) for i in range(len(df))]
+    patients: list[str | None] = [None] * len(df)
+    if PATIENT_COLUMN in df.columns:
+        patients = [p.strip() for p in df[PATIENT_COLUMN].astype(str)]
+        empty = [i for i, p in enumerate(patients) if not p]
+        if empty:
+            raise SequenceError(f"{path}: line {empty[0] + 2}: empty {PATIENT_COLUMN!r} ({len(empty)} row(s) in "
+                                "all); give every row its patient or drop the column")
     labels: list[int | str | None] = [None] * len(df)
     if "label" in df.columns:
         raw = df["label"].replace("", np.nan)
@@ -265,8 +344,8 @@ def _read_table(path: Path, *, sep: str) -> list[SequenceRecord]:
         else:
             labels = [None if pd.isna(v) else str(v) for v in raw]
     records = []
-    for row, (rid, seq, label) in enumerate(zip(ids, df["sequence"].astype(str), labels)):
+    for row, (rid, seq, label, patient) in enumerate(zip(ids, df["sequence"].astype(str), labels, patients)):
         seq = seq.strip()
         encode(seq, source=path, record=rid, line=row + 2)
-        records.append(SequenceRecord(rid, seq.upper(), label))
+        records.append(SequenceRecord(rid, seq.upper(), label, patient))
     return records

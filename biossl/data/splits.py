@@ -2,6 +2,13 @@
 
 A split table is a DataFrame with columns ``patient_id`` and ``fold`` (0..K-1): each patient is in
 exactly one fold; fold ``k``'s test set is its patients, its training set every other patient.
+
+**Held-out test set.** Fold :data:`TRAIN_ONLY` (-1) holds patients that are always trained on and never
+tested. A user's table ``patient_id, split`` with values ``train`` / ``test`` (and optionally ``dev``,
+also spelt ``val``, ``valid`` or ``validation``) is read as one fixed split (:func:`read_splits`):
+``train`` patients get fold -1, ``test`` patients fold 0, so there is a single "fold" that trains on
+the training set and scores the test set. ``dev`` patients are left out of the split (neither trained
+on nor scored): keep them for choices made before looking at the test set.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ from biossl.io import atomic_path
 logger = logging.getLogger(__name__)
 
 FOLD = "fold"
+#: Column of a held-out split table (values train / test / dev).
+SPLIT = "split"
+#: Fold of patients that are always in training and never tested (a held-out design's training set).
+TRAIN_ONLY = -1
+_SPLIT_VALUES = {"train": TRAIN_ONLY, "test": 0}
+_DEV_VALUES = ("dev", "val", "valid", "validation")
 _PORPOISE_NAME = re.compile(r"splits_(\d+)\.csv$")
 
 
@@ -101,6 +114,9 @@ def check_splits(
 ) -> None:
     """Check a split table: one fold per patient, folds 0..K-1 all used, each given group in one fold.
 
+    Besides 0..K-1 (K >= 2), fold :data:`TRAIN_ONLY` (-1, always trained on) may be used; then K >= 1
+    (a single held-out test fold) is enough.
+
     Raises:
         ManifestError: naming the patients (or groups) at fault.
     """
@@ -115,8 +131,10 @@ def check_splits(
         raise ManifestError(f"{len(twice)} patient(s) are in more than one fold{where}: {', '.join(named)}; "
                             "a patient must be in exactly one fold")
     used = sorted(set(splits[FOLD]))
-    if used != list(range(len(used))) or len(used) < 2:
-        raise ManifestError(f"folds{where} are {used}; expected 0..K-1 with K >= 2 and none empty")
+    tested = [f for f in used if f != TRAIN_ONLY]
+    if not tested or tested != list(range(len(tested))) or len(used) < 2:
+        raise ManifestError(f"folds{where} are {used}; expected 0..K-1 with K >= 2 and none empty, or a held-out "
+                            f"design: fold {TRAIN_ONLY} (train only) with test fold(s) 0..K-1, both non-empty")
     if groups is not None:
         folds_per_group = splits.groupby(splits[PATIENT_ID].map(groups))[FOLD].nunique()
         spread = sorted(map(str, folds_per_group.index[folds_per_group > 1]))
@@ -124,9 +142,19 @@ def check_splits(
             raise ManifestError(f"group(s) {spread[:MAX_NAMED]} are spread over several folds{where}")
 
 
+def scored_folds(splits: pd.DataFrame) -> list[int]:
+    """The folds that are scored, sorted: every fold but :data:`TRAIN_ONLY`."""
+    return sorted(int(f) for f in set(splits[FOLD]) if int(f) != TRAIN_ONLY)
+
+
+def is_held_out(splits: pd.DataFrame) -> bool:
+    """Whether the table is a held-out design (some patients are train-only)."""
+    return bool((splits[FOLD] == TRAIN_ONLY).any())
+
+
 def train_test(splits: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
     """Return ``(train_patients, test_patients)`` of one fold, each sorted."""
-    folds = sorted(set(splits[FOLD]))
+    folds = scored_folds(splits)
     if fold not in folds:
         raise InputError(f"fold {fold} does not exist; the splits have folds {folds}")
     test = splits[FOLD] == fold
@@ -134,7 +162,11 @@ def train_test(splits: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
 
 
 def read_splits(path: str | Path, *, patients: Collection[str] | None = None) -> pd.DataFrame:
-    """Read user-given folds: a table ``patient_id, fold``, or a folder of PORPOISE ``splits_{k}.csv``.
+    """Read user-given folds: a table ``patient_id, fold`` or ``patient_id, split``, or a PORPOISE folder.
+
+    A table ``patient_id, split`` (values ``train``, ``test``, optionally ``dev``; case ignored) is one
+    held-out split: ``train`` becomes fold :data:`TRAIN_ONLY`, ``test`` fold 0, ``dev`` is left out
+    (see the module docstring).
 
     A PORPOISE/CLAM folder holds one file per fold with columns ``train`` and ``val`` (patient IDs);
     fold ``k``'s ``val`` patients become fold ``k``. The files must form a k-fold partition: no
@@ -151,17 +183,26 @@ def read_splits(path: str | Path, *, patients: Collection[str] | None = None) ->
     if path.is_dir():
         out = _read_porpoise(path)
     else:
-        table = read_table(path, what="split file", text_columns=[PATIENT_ID, "train", "val"])
+        table = read_table(path, what="split file", text_columns=[PATIENT_ID, "train", "val", SPLIT])
         if {"train", "val"} <= set(table.columns):
             raise ManifestError(f"{path} holds one fold (train/val columns); pass the folder that holds "
                                 "all of splits_0.csv .. splits_{K-1}.csv")
+        if PATIENT_ID in table.columns and SPLIT in table.columns and FOLD not in table.columns:
+            out = _held_out(table, path)
+            check_splits(out, source=str(path))
+            return _restrict(out, path, patients)
         if PATIENT_ID not in table.columns or FOLD not in table.columns:
-            raise ManifestError(f"split file {path} needs columns patient_id and fold (found "
-                                f"{list(table.columns)}), or a folder of PORPOISE splits_{{k}}.csv files")
+            raise ManifestError(f"split file {path} needs columns patient_id and fold (k-fold), or patient_id and "
+                                f"split (train/test[/dev], one held-out test set); found {list(table.columns)}. "
+                                "Or pass a folder of PORPOISE splits_{k}.csv files")
         if not pd.api.types.is_integer_dtype(table[FOLD]):
             raise ManifestError(f"split file {path}: column fold must hold whole numbers 0..K-1")
         out = table[[PATIENT_ID, FOLD]].astype({FOLD: int})
     check_splits(out, source=str(path))
+    return _restrict(out, path, patients)
+
+
+def _restrict(out: pd.DataFrame, path: Path, patients: Collection[str] | None) -> pd.DataFrame:
     if patients is not None:
         extra = sorted(set(out[PATIENT_ID]) - set(patients))
         if extra:
@@ -171,6 +212,37 @@ def read_splits(path: str | Path, *, patients: Collection[str] | None = None) ->
         if left:
             logger.warning("%d cohort patient(s) are in no fold of %s and are left out", left, path)
     return out.sort_values(PATIENT_ID).reset_index(drop=True)
+
+
+def _held_out(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``patient_id, split`` (train/test/dev) -> ``patient_id, fold`` (train -1, test 0, dev left out)."""
+    ids = table[PATIENT_ID].map(lambda v: "" if pd.isna(v) else str(v).strip())
+    values = table[SPLIT].map(lambda v: "" if pd.isna(v) else str(v).strip().lower())
+    empty = ids == ""
+    if empty.any():
+        raise ManifestError(f"split file {path}: row {int(empty.to_numpy().argmax()) + 2} has an empty patient_id; "
+                            "give every row its patient")
+    bad = ~values.isin([*_SPLIT_VALUES, *_DEV_VALUES])
+    if bad.any():
+        i = int(bad.to_numpy().argmax())
+        raise ManifestError(f"split file {path}: patient {ids.iloc[i]!r} (row {i + 2}) has split "
+                            f"{table[SPLIT].iloc[i]!r} ({int(bad.sum())} bad row(s) in all); column split takes "
+                            f"train, test or dev ({'/'.join(_DEV_VALUES)} are left out)")
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise ManifestError(f"split file {path}: patient(s) {sorted(set(dup))[:MAX_NAMED]} are listed more than once; "
+                            "give each patient one split")
+    dev = values.isin(_DEV_VALUES)
+    if dev.any():
+        logger.info("%s: %d dev patient(s) are left out of the split (neither trained on nor scored)",
+                    path, int(dev.sum()))
+    for name in _SPLIT_VALUES:
+        if not (values == name).any():
+            raise ManifestError(f"split file {path}: no patient has split {name!r}; a held-out design needs both "
+                                "train and test patients")
+    keep = ~dev
+    folds = values[keep].map(_SPLIT_VALUES).astype(int).to_numpy()
+    return pd.DataFrame({PATIENT_ID: ids[keep].to_numpy(), FOLD: folds})
 
 
 def _read_porpoise(folder: Path) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 Every method is scored on the same patients and the same folds: those with a label and with every
 method's inputs (:func:`common_patients`). Folds come from the user (:func:`biossl.data.splits.read_splits`
 format, restricted to those patients) or are made stratified by class (subtype) or by event (survival)
-with :func:`biossl.data.splits.make_splits`.
+with :func:`biossl.data.splits.make_splits`. A user's held-out design (``patient_id, split`` with
+train/test) is one "fold": every method trains on the training patients and is scored on the test set
+(its ``sd`` is then ``null``).
 
 Folds where a metric is undefined (a survival test fold with no comparable pair, e.g. no event; a
 single class in a subtype test fold: no AUROC) are reported with the metric ``null`` and a ``note``,
@@ -38,7 +40,7 @@ import pandas as pd
 
 from biossl.data.keys import PATIENT_ID
 from biossl.data.labels import MAX_NAMED
-from biossl.data.splits import FOLD, make_splits
+from biossl.data.splits import FOLD, TRAIN_ONLY, make_splits
 from biossl.downstream.methods import Method
 from biossl.downstream.tasks import Task
 from biossl.errors import InputError
@@ -94,6 +96,9 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
         table = splits[splits[PATIENT_ID].astype(str).isin(restricted.patients)][[PATIENT_ID, FOLD]]
         table = table.assign(**{PATIENT_ID: table[PATIENT_ID].astype(str)}).sort_values(PATIENT_ID)
         empty = sorted(set(splits[FOLD]) - set(table[FOLD]))
+        if TRAIN_ONLY in empty:
+            raise InputError(f"no training patient (split train) of {where} has a label and inputs; check that its "
+                             "patient IDs match the labels table")
         if empty:
             raise InputError(f"fold(s) {empty} of {where} keep no patient with a label and inputs; "
                              "use splits made for these patients, or --folds K")
@@ -212,11 +217,15 @@ def subsample_training(task: Task, train: np.ndarray, fraction: float, *, seed: 
 
 
 def fold_indices(task: Task, splits: pd.DataFrame) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """``[(fold, train positions, test positions)]`` of the task's patients."""
+    """``[(fold, train positions, test positions)]`` of the task's patients.
+
+    Patients of fold :data:`~biossl.data.splits.TRAIN_ONLY` (a held-out design's training set) are in
+    every training set and in no test set; that fold is not listed.
+    """
     fold_of = dict(zip(splits[PATIENT_ID].astype(str), splits[FOLD].astype(int)))
     fold_per_patient = np.array([fold_of[p] for p in task.patients])
     return [(int(k), np.flatnonzero(fold_per_patient != k), np.flatnonzero(fold_per_patient == k))
-            for k in sorted(set(fold_per_patient))]
+            for k in sorted(set(fold_per_patient)) if k != TRAIN_ONLY]
 
 
 def check_fractions(task: Task, splits: pd.DataFrame, fractions: Sequence[float]) -> None:

@@ -12,9 +12,10 @@ lexicographically smaller of the two as the column -- strand-symmetric features 
 unknown orientation (136 columns for k = 4 instead of 256).
 
 :class:`KmerBaseline` turns each patient's sequences (all records of the patient's sequence files,
-pooled) into k-mer *frequencies* (counts over the patient's total), standardises them on the
-training fold and fits scikit-learn's logistic regression (balanced class weights, ``C``) -- a
-classification baseline on the same patients and folds as the other methods.
+or its rows of a table with a ``patient_id`` column, pooled) into k-mer *frequencies* (counts over
+the patient's total), standardises them on the training fold and fits scikit-learn's logistic
+regression (balanced class weights, ``C``) -- a classification baseline on the same patients and
+folds as the other methods.
 """
 
 from __future__ import annotations
@@ -106,19 +107,23 @@ def kmer_counts(sequences: Iterable[str], k: int = 4, *, canonical: bool = False
 def patient_kmer_frequencies(cohort: Any, k: int = 4, *, canonical: bool = False) -> pd.DataFrame:
     """Per patient, the k-mer frequencies of all records of its sequence files (rows sum to 1).
 
+    A sequence table with a ``patient_id`` column gives each patient only its own rows
+    (:func:`biossl.data.sequence.patient_sequences`).
+
     Patients without sequence files (or whose sequences hold no valid k-mer) are left out.
 
     Raises:
         InputError: no patient of the cohort has a sequence.
     """
-    from biossl.data.sequence import read_sequences
+    from biossl.data.sequence import patient_sequences
 
     rows, patients = [], []
     for p in cohort.patients:
         files: Sequence[Path] = cohort.files(p, keys.SEQUENCE)
         if not files:
             continue
-        counts = kmer_counts([r.sequence for f in files for r in read_sequences(f)], k, canonical=canonical).sum(0)
+        seqs = [r.sequence for f in files for r in patient_sequences(f, p)]
+        counts = kmer_counts(seqs, k, canonical=canonical).sum(0)
         if counts.sum() == 0:
             continue
         rows.append(counts / counts.sum())
