@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-BIOSSL = str(Path(sys.executable).parent / "biossl")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _cli import run_biossl as run  # noqa: E402
+
 TASKS = {"prom_core_all": "prom_prom_core_all", "prom_300_tata": "prom_prom_300_tata"}
 #: Test AUROC references (``../shared/data/README.md``): 4-mer logistic regression on this split, and
 #: the best published DNA foundation model with frozen embeddings (Caduceus-Ph / HyenaDNA).
@@ -47,15 +47,6 @@ REFERENCES = {"prom_core_all": {"kmer4_logreg (reference)": 0.862, "best DNA fou
               "prom_300_tata": {"kmer4_logreg (reference)": 0.751, "best DNA foundation model, frozen": 0.808}}
 
 
-def run(argv: list[str], log: Path) -> float:
-    """Run ``biossl ...``; stop with its log tail on failure; return seconds."""
-    t0 = time.perf_counter()
-    with log.open("w") as fh:
-        code = subprocess.call([BIOSSL, *argv], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
-    if code:
-        tail = "".join(log.read_text().splitlines(True)[-20:])
-        sys.exit(f"biossl {' '.join(argv)} failed ({code}); see {log}:\n{tail}")
-    return time.perf_counter() - t0
 
 
 def task_folder(data: Path, task: str) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,16 +21,8 @@ import pandas as pd
 import scanpy as sc
 
 ROOT = Path(__file__).resolve().parents[1]
-BIOSSL = str(Path(sys.executable).parent / "biossl")
-
-
-def run(argv: list[str], log: Path) -> None:
-    """Run ``biossl ...``; stop with its log tail on failure."""
-    with log.open("w") as fh:
-        code = subprocess.call([BIOSSL, *argv], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
-    if code:
-        tail = "".join(log.read_text().splitlines(True)[-20:])
-        sys.exit(f"biossl {' '.join(argv)} failed ({code}); see {log}:\n{tail}")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _cli import run_biossl as run  # noqa: E402
 
 
 def main() -> None:

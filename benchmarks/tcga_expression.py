@@ -26,30 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-BIOSSL = str(Path(sys.executable).parent / "biossl")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _cli import run_biossl as run  # noqa: E402
+
 CANCERS = ("blca", "brca", "coadread", "gbmlgg", "hnsc", "kirc", "kirp", "lihc")
 SUBTYPE_COHORTS = {"BRCA": ("brca",), "COADREAD": ("coadread",), "GBMLGG": ("gbmlgg",), "KIRC+KIRP": ("kirc", "kirp")}
 META = ["case_id", "site", "oncotree_code", "survival_months", "censorship"]
 
 
-def run(argv: list[str], log: Path) -> float:
-    """Run ``biossl ...``; stop with its log tail on failure; return seconds."""
-    t0 = time.perf_counter()
-    with log.open("w") as fh:
-        code = subprocess.call([BIOSSL, *argv], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
-    if code:
-        tail = "".join(log.read_text().splitlines(True)[-20:])
-        sys.exit(f"biossl {' '.join(argv)} failed ({code}); see {log}:\n{tail}")
-    return time.perf_counter() - t0
 
 
 def read_table(path: Path) -> pd.DataFrame:
