@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--skip-pretrain", action="store_true", help="reuse <work>/pretrain/checkpoints/last.ckpt")
     parser.add_argument("--pretrain-arg", action="append", default=[], metavar="ARG",
                         help="extra `biossl pretrain` argument, e.g. --pretrain-arg=--model.embed_dim=16 (repeatable)")
+    parser.add_argument("--modes", default="probe",
+                        help="biossl finetune --mode: probe (default), or e.g. probe,finetune,scratch")
     parser.add_argument("--finetune-arg", action="append", default=[], metavar="ARG",
                         help="extra `biossl finetune` argument for every task, e.g. --finetune-arg=--l2=1.0")
     args = parser.parse_args()
@@ -109,6 +111,10 @@ def main() -> None:
     (work / "results").mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
     tables = write_inputs(args.data.resolve(), work)
+    if args.modes != "probe":  # fine-tuning and scratch train the checkpoint's encoders on the cohort
+        ckpt = work / "pretrain" / "checkpoints" / "last.ckpt"
+        args.finetune_arg += ["--mode", args.modes, "--checkpoint", str(ckpt), "--manifest",
+                              str(work / "manifest.csv"), "--work-dir", str(work / "work")]
     n = sum(len(t) for t in tables.values())
     print(f"{n} patients in {len(tables)} TCGA tables; manifest {work / 'manifest.csv'}", flush=True)
 
@@ -160,23 +166,25 @@ def _metric(result: dict, method: str, key: str) -> str:
 
 
 def print_summary(survival: list, subtype: list, data: Path) -> None:
-    """One table per benchmark."""
+    """One table per benchmark, a column per method that ran (probe, finetune, scratch, PCA baseline)."""
+    methods = list(survival[0][1]["methods"]) if survival else []
     print("\nSurvival (c-index, PORPOISE 5 folds, mean ± sd)")
-    print("| cancer | patients | pretrained probe (Cox) | PCA(16) + Cox |")
-    print("|---|---|---|---|")
+    print("| cancer | patients | " + " | ".join(methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
     for cancer, res in survival:
-        print(f"| {cancer.upper()} | {res.get('n_patients', '?')} | {_metric(res, 'linear_probe', 'c_index')} | "
-              f"{_metric(res, 'pca16_cox', 'c_index')} |")
+        cells = " | ".join(_metric(res, m, "c_index") for m in methods)
+        print(f"| {cancer.upper()} | {res.get('n_patients', '?')} | {cells} |")
     mcat = data / "tcga_mcat" / "results_cindex"
     if mcat.is_dir():
         print(f"(MCAT's published BLCA results: {mcat})")
+    methods = list(subtype[0][3]["methods"]) if subtype else []
     print("\nSubtype (oncotree_code, 5 stratified folds, balanced accuracy / macro AUROC)")
-    print("| cohort | patients | classes | probe bal. acc. | probe AUROC | PCA+LR bal. acc. | PCA+LR AUROC |")
-    print("|---|---|---|---|---|---|---|")
+    print("| cohort | patients | classes | " + " | ".join(methods) + " |")
+    print("|---|---|---|" + "---|" * len(methods))
     for name, n, classes, res in subtype:
-        print(f"| {name} | {n} | {len(classes)} | {_metric(res, 'linear_probe', 'balanced_accuracy')} | "
-              f"{_metric(res, 'linear_probe', 'macro_auroc')} | {_metric(res, 'pca16_logreg', 'balanced_accuracy')} | "
-              f"{_metric(res, 'pca16_logreg', 'macro_auroc')} |")
+        cells = " | ".join(f"{_metric(res, m, 'balanced_accuracy')} / {_metric(res, m, 'macro_auroc')}"
+                           for m in methods)
+        print(f"| {name} | {n} | {len(classes)} | {cells} |")
 
 
 if __name__ == "__main__":
