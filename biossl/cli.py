@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     "list": "listing",
     "embed": "embed",
     "finetune": "finetune",
+    "audit": "audit",
 }
 
 #: verbs that parse their own arguments (LightningCLI): ``main(argv) -> int``.
@@ -40,6 +41,7 @@ _HELP: dict[str, str] = {
     "list": "list registered objectives or encoders (biossl list objectives|encoders)",
     "embed": "patient embeddings from a pretraining checkpoint, written as AnnData (.h5ad)",
     "finetune": "cross-validated subtype / survival heads on embeddings, with PCA baselines; JSON result",
+    "audit": "probe embeddings for site/scanner/batch signal; audit.json, report.html; exit 1 when a probe fails",
 }
 
 

@@ -51,6 +51,12 @@ data:
 
 
 @pytest.fixture(scope="session")
+def tiny_pretrain_config() -> str:
+    """:data:`TINY_PRETRAIN` as text, for tests that write their own variant (``str.replace`` a value)."""
+    return TINY_PRETRAIN
+
+
+@pytest.fixture(scope="session")
 def pretrained(tmp_path_factory: pytest.TempPathFactory, demo_cohort: Path) -> tuple[Path, Path]:
     """(checkpoint, work dir) of a one-step pretraining of tiny encoders on the demo cohort (~4 s)."""
     from biossl.cli import main

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", type=Path, default=None, help="another cohort's manifest (default: the demo)")
     parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="pretraining config")
     parser.add_argument("--max-steps", type=int, default=None, help="override the config's trainer.max_steps")
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="labels for the embeddings and the audit (default: the demo's, with the demo cohort)")
 
 
 def loss_table(metrics_csv: Path, *, window: int = 10) -> pd.DataFrame:
@@ -41,10 +43,10 @@ def loss_table(metrics_csv: Path, *, window: int = 10) -> pd.DataFrame:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate the demo cohort, tile its slides, pretrain, and print the cohort and loss summaries."""
+    """Validate the demo cohort, tile its slides, pretrain, print the summaries, embed, and audit the embeddings."""
     from biossl.commands import pretrain
     from biossl.data.cohort import Cohort
-    from biossl.data.demo import DEMO_MANIFEST
+    from biossl.data.demo import DEMO_LABELS, DEMO_MANIFEST
     from biossl.data.tiling import tile_slides
     from biossl.errors import InputError
 
@@ -78,4 +80,42 @@ def run(args: argparse.Namespace) -> int:
     print(loss_table(root / "metrics.csv").to_string(index=False))
     print(f"\nCheckpoints: {root / 'checkpoints'}  (last.ckpt is the newest)")
     print(f"Resolved config: {root / 'config.yaml'}")
+    labels = args.labels or (DEMO_LABELS if args.manifest is None else None)
+    embed_and_audit(root / "checkpoints" / "last.ckpt", manifest, labels, work, out)
     return 0
+
+
+def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work: Path, out: Path) -> None:
+    """``biossl embed`` of the cohort, then ``biossl audit`` of its ``site`` column, with the artifact probes.
+
+    The label is ``subtype`` when the embeddings have it; the checkpoint's synthetic artifact probes run too.
+
+    The audit's verdict is printed, never raised: a "fail" (exit code 1 of ``biossl audit``) is a finding of
+    the demo, not an error of it. The demo's sites have at most 3 patients, hence 2 folds.
+    """
+    from biossl.cli import main
+    from biossl.downstream.embed import read_embeddings
+
+    embeddings = out / "embeddings.h5ad"
+    argv = ["embed", "--checkpoint", str(checkpoint), "--manifest", str(manifest), "--work-dir", str(work),
+            "--out", str(embeddings)]
+    if labels is not None:
+        argv += ["--labels", str(labels)]
+    print(f"\nbiossl {' '.join(argv)}", flush=True)
+    if main(argv) != 0:
+        print("embedding failed; no audit")
+        return
+    obs = read_embeddings(embeddings).obs
+    if "site" not in obs.columns:
+        print("\nNo `site` column in the manifest: no audit.")
+        return
+    argv = ["audit", "--embeddings", str(embeddings), "--columns", "site", "--folds", "2", "--out", str(out / "audit"),
+            "--artifacts", "--checkpoint", str(checkpoint), "--manifest", str(manifest), "--work-dir", str(work)]
+    if "subtype" in obs.columns:
+        argv += ["--label", "subtype"]
+    if labels is not None:
+        argv += ["--labels", str(labels)]
+    print(f"\nbiossl {' '.join(argv)}", flush=True)
+    code = main(argv)
+    meaning = {0: "pass", 1: "fail: a site signature was found (a finding, not an error of the demo)"}
+    print(f"audit exit code {code} ({meaning.get(code, 'bad input')}); report: {out / 'audit' / 'report.html'}")

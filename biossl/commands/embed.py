@@ -1,6 +1,8 @@
 """``biossl embed --checkpoint CKPT --manifest MANIFEST --out embeddings.h5ad``: patient embeddings as AnnData.
 
-See :mod:`biossl.downstream.embed` for the layout, the deterministic instance draw and the fusion.
+See :mod:`biossl.downstream.embed` for the layout, the deterministic instance draw and the fusion, and
+:mod:`biossl.privacy` for ``--pseudonymize`` (patient IDs replaced by keyed hashes, identifying
+columns dropped, nothing written that maps back).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the instance draw (default 0)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable manifest rows with a warning")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--pseudonymize", action="store_true",
+                        help="replace patient IDs by HMAC-SHA256 pseudonyms keyed by a secret salt and drop "
+                             "identifying obs columns (see biossl.privacy)")
+    parser.add_argument("--salt-file", type=Path, default=None, metavar="FILE",
+                        help="file holding the secret salt of --pseudonymize (default: $BIOSSL_SALT)")
+    parser.add_argument("--keep-obs", action="append", default=[], metavar="COLUMN",
+                        help="with --pseudonymize, also keep this manifest column in obs (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,18 +47,28 @@ def run(args: argparse.Namespace) -> int:
 
     from biossl.downstream.embed import embed_cohort, obsm_key, write_embeddings
     from biossl.errors import InputError
+    from biossl.privacy import pseudonymize_obs, read_salt
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
+    if (args.salt_file is not None or args.keep_obs) and not args.pseudonymize:
+        raise InputError("--salt-file and --keep-obs only apply with --pseudonymize; add it or drop them")
+    salt = read_salt(args.salt_file) if args.pseudonymize else None  # fail before any work
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     adata = embed_cohort(args.checkpoint, args.manifest, work_dir=args.work_dir, labels=args.labels,
                          id_column=args.id_column, unknown_labels=args.unknown_labels, batch_size=args.batch_size,
                          num_workers=args.num_workers, seed=args.seed, features_dir=args.features_dir,
                          skip_bad=args.skip_bad, device=device)
+    if salt is not None:
+        adata = pseudonymize_obs(adata, salt, keep=args.keep_obs)
     write_embeddings(adata, args.out)
     modalities = adata.uns["biossl"]["modalities"]
     counts = ", ".join(f"{m} {int(adata.obs[f'has_{m}'].sum())}" for m in modalities)
     print(f"{adata.n_obs} patients x {adata.uns['biossl']['embed_dim']} dims -> {args.out}")
     print(f"  patients per modality: {counts}")
     print(f"  obsm: {', '.join(['X_fused'] + [obsm_key(m) for m in modalities])}")
+    if salt is not None:
+        said = adata.uns["biossl"]["pseudonymized"]
+        print(f"  pseudonymised: patient IDs -> HMAC-SHA256 pseudonyms; obs columns kept: "
+              f"{', '.join(said['kept_columns']) or 'none'}; dropped: {', '.join(said['dropped_columns']) or 'none'}")
     return 0

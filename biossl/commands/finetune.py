@@ -82,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "every method trained on train and scored on test")
     folds.add_argument("--folds", type=int, default=5, metavar="K",
                        help="K stratified folds made here (default 5; by class, or by event for survival)")
+    parser.add_argument("--group-by", default=None, metavar="COL",
+                        help="group-preserving folds, e.g. --group-by site: all patients of one site in one fold, "
+                             "so no site is in both training and test (values from the labels table, else the "
+                             "embeddings' obs, else the manifest metadata); with --splits, checks they are")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and of the heads (default 0)")
     parser.add_argument("--head", choices=("linear", "mlp"), default="linear", help="probe head (default linear)")
     parser.add_argument("--hidden", type=int, default=64, help="hidden width of --head mlp (default 64)")
@@ -101,6 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kmer-canonical", action="store_true",
                         help="merge each k-mer with its reverse complement (default: strand-specific k-mers)")
     parser.add_argument("--out", type=Path, required=True, metavar="JSON", help="result file (written atomically)")
+    parser.add_argument("--pseudonymize", action="store_true",
+                        help="write patient IDs in the JSON as HMAC-SHA256 pseudonyms (as `biossl embed "
+                             "--pseudonymize`, same salt gives the same pseudonyms)")
+    parser.add_argument("--salt-file", type=Path, default=None, metavar="FILE",
+                        help="file holding the secret salt of --pseudonymize (default: $BIOSSL_SALT)")
     modes = parser.add_argument_group("modes: probe, fine-tuning, from scratch")
     modes.add_argument("--mode", default=None, metavar="MODES",
                        help="comma-separated: probe (frozen embeddings; default), finetune (train the "
@@ -169,6 +178,40 @@ def _probe_features(path: Path, key: str) -> tuple[Any, dict[str, Any], list[str
             **{k: str(provenance[k]) for k in ("checkpoint", "data_fingerprint", "cohort_fingerprint")
                if k in provenance}}
     return frame, info, patients
+
+
+def _salt(args: argparse.Namespace) -> bytes | None:
+    """The salt of ``--pseudonymize`` (read before any work), else None."""
+    from biossl.errors import InputError
+    from biossl.privacy import read_salt
+
+    if args.salt_file is not None and not args.pseudonymize:
+        raise InputError("--salt-file only applies with --pseudonymize; add it or drop --salt-file")
+    return read_salt(args.salt_file) if args.pseudonymize else None
+
+
+def _obs_column(path: Path, column: str) -> Any:
+    from biossl.downstream.embed import read_embeddings
+
+    obs = read_embeddings(path).obs
+    return obs[column].rename(index=str) if column in obs.columns else None
+
+
+def _groups(column: str, labels: Any, labels_path: Path,
+            sources: list[tuple[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
+    """``patient -> group`` from the labels table's ``column``, else the first other source that has it."""
+    from biossl.errors import InputError
+
+    found = [(f"the labels table {labels_path.name}", labels[column])] if column in labels.columns else []
+    found += [(where, values) for where, values in sources if values is not None]
+    if not found:
+        where = ", ".join([f"the labels table {labels_path.name}"] + [w for w, _ in sources])
+        raise InputError(f"--group-by {column}: no column {column!r} in {where}; add it to the labels table "
+                         "(patient_id, ..., site) or to the manifest metadata")
+    where, values = found[0]
+    values = values.dropna()
+    values = values[values.astype(str).str.strip() != ""]
+    return {str(p): str(v) for p, v in values.items()}, {"column": column, "from": where}
 
 
 def _baseline_features(path: Path) -> Any:
@@ -278,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
 
     modes = _modes(args)
     _check_args(args, modes)
+    salt = _salt(args)
     fractions = sorted(set(_parse_list(args.label_fractions, "--label-fractions", float)))
     for fraction in fractions:
         check_fraction(fraction)
@@ -289,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
     sources: list[str] = []
     bags = None
     settings = None
+    group_sources: list[tuple[str, Any]] = []
     if {"finetune", "scratch"} & set(modes) or ("probe" in modes and args.embeddings is None):
         from biossl.downstream.finetuning import CohortBags, FinetuneSettings, auto_device
 
@@ -308,6 +353,9 @@ def run(args: argparse.Namespace) -> int:
         probe_name = f"{'linear' if args.head == 'linear' else 'mlp'}_probe"
         if args.embeddings is not None:
             features, inputs["embeddings"], patients = _probe_features(args.embeddings, args.embedding)
+            if args.group_by is not None:
+                group_sources.append((f"the embeddings {args.embeddings.name}",
+                                      _obs_column(args.embeddings, args.group_by)))
             sources.append(f"the embeddings {args.embeddings}")
         else:
             assert bags is not None
@@ -366,9 +414,17 @@ def run(args: argparse.Namespace) -> int:
         if left and reason.startswith("no_input"):
             logger.warning("%d labelled patient(s) lack the inputs of %s and are left out of every method, e.g. %s",
                            len(left), reason.split(":", 1)[1], left[:MAX_NAMED])
+    groups = None
+    if args.group_by is not None:
+        if bags is not None:
+            meta = bags.cohort.metadata
+            group_sources.append((f"the manifest {args.manifest.name}",
+                                  meta[args.group_by] if args.group_by in meta.columns else None))
+        groups, inputs["group_by"] = _groups(args.group_by, labels, args.labels, group_sources)
     splits = read_splits(args.splits) if args.splits is not None else None
     task, folds = folds_for(task, splits=splits, n_folds=args.folds, seed=args.seed,
-                            source=str(args.splits) if args.splits is not None else "")
+                            source=str(args.splits) if args.splits is not None else "", groups=groups,
+                            group_name=args.group_by or "group")
     if args.semi_supervised:
         logger.info("semi-supervised: %d patient(s) without a label join training, plus the labels each fraction "
                     "drops", len(unlabelled))
@@ -392,6 +448,11 @@ def run(args: argparse.Namespace) -> int:
     fold_info: dict[str, Any] = {
         "source": args.splits.name if args.splits is not None else f"{args.folds} stratified folds made with seed "
         f"{args.seed}", "n_folds": len(scored_folds(folds))}
+    if groups is not None:
+        fold_info["grouped_by"] = {**inputs["group_by"],
+                                   "n_groups": len({groups[p] for p in folds["patient_id"]}),
+                                   "note": f"every {args.group_by} value is in one fold: none is in both the "
+                                           "training and the test patients of a fold"}
     if held_out:
         fold_info["design"] = ("held-out test set: fold -1 = split train (always trained on), fold 0 = split test "
                                "(scored); dev patients left out")
@@ -413,6 +474,11 @@ def run(args: argparse.Namespace) -> int:
                                         "also gets the training labels its fraction drops"}
     if efficiency is not None:
         report["label_efficiency"] = efficiency
+    if salt is not None:
+        from biossl.privacy import pseudonymize_record
+
+        report = pseudonymize_record(report, known | set(map(str, labels.index)), salt)
+        report["pseudonymized"] = "patient IDs replaced by HMAC-SHA256 pseudonyms (biossl.privacy)"
     write_text_atomic(args.out, json.dumps(_json_safe(report), indent=1) + "\n")
     table = summary_table(results, task.metric_names)
     described = task.describe()

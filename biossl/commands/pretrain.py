@@ -5,21 +5,118 @@ A LightningCLI over :class:`~biossl.modules.pretrain.PretrainModule` and
 option can be overridden on the command line (``--trainer.max_steps 50``), and the resolved config
 is saved beside the checkpoints. GPU, bf16 autocast and several devices are chosen automatically
 when present; CPU and fp32 otherwise.
+
+**Killed runs.** Checkpoints are written atomically (a temporary file beside the target, then a
+rename), so a run killed at any moment (SIGKILL, a node failure) leaves only complete checkpoints,
+and ``--ckpt_path last`` (or the path of ``last.ckpt``) resumes it exactly. ``metrics.csv`` is flushed
+every step, and a resumed run keeps the rows of the steps before its checkpoint: the file ends with
+one row per step, as an uninterrupted run's does.
 """
 
 from __future__ import annotations
 
+import csv
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentError
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from biossl.data.datamodule import BagDataModule
+from biossl.errors import InputError
+from biossl.io import atomic_path
 from biossl.modules.pretrain import PretrainModule
 
 PASSTHROUGH = True  # this verb parses its own arguments (jsonargparse)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file beside the checkpoint, then a rename onto it.
+
+    Lightning's own writer stages the file in the system temporary folder and moves it, which is a
+    copy (not atomic) when that folder is on another file system, and leaves the temporary file
+    behind when the process is killed. Remote paths (``s3://`` ...) keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically."""
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class _ResumingWriter(ExperimentWriter):
+    """Lightning's CSV writer, keeping the rows an earlier run of the same folder wrote before this one's first step.
+
+    Lightning deletes ``metrics.csv`` when a run starts; a resumed run would lose the rows of the steps
+    before its checkpoint. Those rows (``step`` below the first step this run logs) are read before
+    the file is deleted and written back with the first flush; rows of later steps, which the resumed
+    run computes again, are dropped.
+    """
+
+    def __init__(self, log_dir: str) -> None:
+        path = Path(log_dir) / self.NAME_METRICS_FILE
+        self._previous: list[dict[str, Any]] | None = None
+        if path.is_file():
+            with path.open(newline="") as fh:
+                self._previous = [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+        super().__init__(log_dir)
+
+    def save(self) -> None:
+        """Write the pending rows (and, the first time, the earlier run's rows that precede them)."""
+        if self._previous is not None and self.metrics:
+            first = min(int(row["step"]) for row in self.metrics)
+            kept = [row for row in self._previous if row.get("step", "").isdigit() and int(row["step"]) < first]
+            self.metrics = [*kept, *self.metrics]
+            self._previous = None
+        super().save()
+
+
+class ResumingCSVLogger(CSVLogger):
+    """A :class:`CSVLogger` whose ``metrics.csv`` survives resuming (see :class:`_ResumingWriter`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The writer, created on first use (on rank 0; other ranks get Lightning's dummy)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def allow_unused_parameters(strategy: Any) -> bool:
+    """Make a DDP strategy tolerate parameters without gradient in a step (unless it was told otherwise).
+
+    A rank whose batch has no patient with some modality never runs that modality's encoder, so its
+    parameters get no gradient there while the other ranks' do; plain DDP then waits forever for
+    them (a hang at the first such step; seen with 6 demo patients per rank). ``find_unused_parameters``
+    makes DDP mark them ready. Strategies named ``*_find_unused_parameters_false`` are left alone.
+
+    Returns:
+        True if the strategy was changed.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    kwargs = getattr(strategy, "_ddp_kwargs", None)
+    if not isinstance(strategy, DDPStrategy) or not isinstance(kwargs, dict) or "find_unused_parameters" in kwargs:
+        return False
+    kwargs["find_unused_parameters"] = True
+    return True
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [] if value is None else [value]
 
 
 def trainer_defaults() -> dict[str, Any]:
@@ -31,6 +128,9 @@ def trainer_defaults() -> dict[str, Any]:
         "precision": "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true",
         "default_root_dir": "biossl_runs/pretrain",
         "log_every_n_steps": 1,
+        # BagDataModule shards patients by rank itself (BagSampler), so that a mid-epoch resume is exact under
+        # DDP; Lightning's DistributedSamplerWrapper would hide the sampler's position from the checkpoint.
+        "use_distributed_sampler": False,
     }
 
 
@@ -43,14 +143,14 @@ class PretrainCLI(LightningCLI):
         Metrics land in ``<default_root_dir>/metrics.csv`` and checkpoints in
         ``<default_root_dir>/checkpoints/`` (``last.ckpt`` is the newest).
         """
+        from lightning.fabric.plugins import CheckpointIO
         from lightning.pytorch.callbacks import ModelCheckpoint
-        from lightning.pytorch.loggers import CSVLogger
 
         from biossl.modules.callbacks import CheckpointOnInterrupt
 
         cfg = self.config_init["trainer"]
         root = Path(cfg.get("default_root_dir") or "biossl_runs/pretrain")
-        callbacks = list(kwargs.pop("callbacks", None) or [])
+        callbacks = _as_list(kwargs.pop("callbacks", None) or cfg.get("callbacks"))  # keep --trainer.callbacks
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=self.checkpoint_every,
                                              save_last=True, save_top_k=-1, filename="step{step:06d}",
@@ -58,8 +158,15 @@ class PretrainCLI(LightningCLI):
         callbacks.append(CheckpointOnInterrupt())
         extra: dict[str, Any] = {"callbacks": callbacks}
         if cfg.get("logger") in (None, True):
-            extra["logger"] = CSVLogger(save_dir=root, name="", version="")
-        return super().instantiate_trainer(**kwargs, **extra)
+            # Flushed every step, so a killed run leaves the rows of every step up to its checkpoint.
+            extra["logger"] = ResumingCSVLogger(save_dir=root, name="", version="", flush_logs_every_n_steps=1)
+        plugins = _as_list(kwargs.pop("plugins", None) or cfg.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        extra["plugins"] = plugins
+        trainer = super().instantiate_trainer(**kwargs, **extra)
+        allow_unused_parameters(trainer.strategy)
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         """Read biossl's own options before the trainer is built."""
@@ -75,23 +182,71 @@ class PretrainCLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.seed")
 
 
+def config_error(message: str, argv: Sequence[str]) -> str:
+    """One line for a config value jsonargparse rejected: the key and value, and where to fix them."""
+    configs = [a.split("=", 1)[1] if a.startswith("--config=") else argv[i + 1] for i, a in enumerate(argv)
+               if a.startswith("--config=") or (a in ("--config", "-c") and i + 1 < len(argv))]
+    where = f"in {', '.join(configs)} or on the command line" if configs else "on the command line"
+    return (f"biossl pretrain: error: bad config: {' '.join(message.split())}; fix it {where} "
+            "(biossl pretrain --help lists every option and its type)")
+
+
+def check_resume_checkpoint(ckpt: str | Path) -> None:
+    """Fail in one line, before training, when ``--ckpt_path`` names a file that cannot be resumed from.
+
+    Lightning's keywords (``last``, ``hpc``, ``best``, ``registry``) are left to Lightning.
+
+    Raises:
+        InputError: the file is missing, unreadable (truncated, not a checkpoint, pickled objects), or not
+            written by ``biossl pretrain``.
+    """
+    from biossl.modules.pretrain import _unreadable_reason
+
+    if str(ckpt) in ("last", "hpc", "best", "registry"):
+        return
+    path = Path(ckpt)
+    if not path.is_file():
+        raise InputError(f"--ckpt_path {path}: no such file; give a checkpoint of the run "
+                         "(<default_root_dir>/checkpoints/*.ckpt), or --ckpt_path last")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any failure of torch.load is one line for the user
+        raise InputError(f"--ckpt_path {path}: cannot resume from it: {_unreadable_reason(exc)}") from None
+    if not isinstance(state, dict) or "biossl" not in state or "state_dict" not in state:
+        raise InputError(f"--ckpt_path {path} is not a checkpoint written by `biossl pretrain`; give one of the "
+                         "run's <default_root_dir>/checkpoints/*.ckpt")
+
+
 def main(argv: Sequence[str]) -> int:
-    """Run pretraining with the given command-line arguments (after the verb)."""
-    cli = PretrainCLI(
-        PretrainModule,
-        BagDataModule,
-        args=list(argv),
-        run=False,
-        seed_everything_default=0,
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-        subclass_mode_model=False,
-        subclass_mode_data=False,
-        auto_configure_optimizers=False,
-    )
+    """Run pretraining with the given command-line arguments (after the verb).
+
+    A config value of the wrong type, an unknown key or a missing required one exits with code 2 and
+    one line naming the key and the value (argparse's convention: ``SystemExit(2)``), not the usage.
+    """
+    try:
+        with warnings.catch_warnings():  # biossl's dispatcher hands over argv on purpose; Lightning warns
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            cli = PretrainCLI(
+                PretrainModule,
+                BagDataModule,
+                args=list(argv),
+                run=False,
+                seed_everything_default=0,
+                trainer_defaults=trainer_defaults(),
+                save_config_kwargs={"overwrite": True},
+                subclass_mode_model=False,
+                subclass_mode_data=False,
+                auto_configure_optimizers=False,
+                parser_kwargs={"exit_on_error": False},
+            )
+    except ArgumentError as exc:
+        print(config_error(str(exc), list(argv)), file=sys.stderr)
+        raise SystemExit(2) from None
     # The resolved run travels inside every checkpoint (plain YAML text: safe for weights_only loading).
     cli.model.data_state["config"] = cli.parser.dump(cli.config, skip_none=False)
     ckpt = cli.config.get("ckpt_path")
+    if ckpt is not None:
+        check_resume_checkpoint(ckpt)
     # Resuming loads the checkpoint with torch.load(weights_only=True): no pickled code runs.
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True if ckpt else None)
     # last.ckpt holds the final state, also when max_steps is not a multiple of checkpoint_every.

@@ -1,4 +1,8 @@
-"""``biossl tile``: detect tissue and write tile coordinates (HDF5) and a thumbnail per slide."""
+"""``biossl tile``: detect tissue and write tile coordinates (HDF5) and a thumbnail per slide.
+
+Reruns skip slides already tiled with the same options (a killed run is resumed by running it again);
+``--overwrite`` tiles them again.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="i/n",
         help="process every n-th slide of the sorted list, starting at i (0-based)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="tile every slide again (default: skip slides whose .h5 exists and was made with the same options)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -62,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         shard=args.shard,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
         mpp=args.mpp,
         tile_size=args.tile_size,
         slide_mpp=args.slide_mpp,

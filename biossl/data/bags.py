@@ -56,11 +56,19 @@ class BagSpec:
 class BagSampler(Sampler[tuple[int, int]]):
     """Yields ``(patient index, epoch)`` so that the dataset can seed its draws per epoch.
 
-    Lightning calls :meth:`set_epoch` at the start of each epoch.
+    Lightning calls :meth:`set_epoch` at the start of each epoch. Under data parallelism (``num_replicas``
+    processes), every process draws the same seeded permutation of all patients, pads it by repeating its
+    first patients to a multiple of ``num_replicas`` (as :class:`torch.utils.data.DistributedSampler`
+    does) and takes every ``num_replicas``-th patient from position ``rank``. So the sampler itself shards,
+    Lightning need not wrap it (biossl pretrains with ``use_distributed_sampler=False``), and a mid-epoch
+    resume (:meth:`resume_from`) skips the items *this* process had consumed: exact under DDP too.
     """
 
-    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} of {num_replicas} replicas")
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
         self._skip: tuple[int, int] | None = None  # (epoch, items) to skip once when resuming
 
     def set_epoch(self, epoch: int) -> None:
@@ -72,12 +80,20 @@ class BagSampler(Sampler[tuple[int, int]]):
         self.epoch = epoch
         self._skip = (epoch, items)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def _order(self) -> np.ndarray:
         order = (
             np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
             if self.shuffle
             else np.arange(self.n)
         )
+        if self.num_replicas == 1:
+            return order
+        total = len(self) * self.num_replicas
+        padded = np.concatenate([order, np.resize(order, total - self.n)]) if total > self.n else order
+        return padded[self.rank:total:self.num_replicas]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._order()
         skip = 0
         if self._skip is not None:
             if self._skip[0] == self.epoch:
@@ -86,7 +102,7 @@ class BagSampler(Sampler[tuple[int, int]]):
         return iter((int(i), self.epoch) for i in order[skip:])
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.num_replicas)
 
 
 class PatientBagDataset(Dataset[dict[str, Any]]):
@@ -369,4 +385,13 @@ def collate_bags(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if gm is not None:
             entry[keys.GENE_MASK] = gm
         batch[m] = entry
+    return batch
+
+
+def batch_to(batch: Any, device: torch.device | str) -> Any:
+    """A batch of :func:`collate_bags` (nested dicts of tensors and lists) with every tensor on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: batch_to(v, device) for k, v in batch.items()}
     return batch

@@ -73,7 +73,8 @@ class _Checker:
     def _probe_of(self, modality: str) -> ProbeFn | None:
         if modality not in self.probes:
             try:
-                self.probes[modality] = importlib.import_module(f"biossl.data.{modality}").probe
+                module = importlib.import_module(f"biossl.data.{modality}")
+                self.probes[modality] = getattr(module, "check", None) or module.probe  # check: the thorough one
             except (ImportError, AttributeError) as exc:
                 logger.warning("%s files are only checked for existence: no reader probe (%s)", modality, exc)
                 self.probes[modality] = None
@@ -182,14 +183,30 @@ def _handle_problems(problems: list[Problem], *, manifest: Path, skip_bad: bool,
             logger.warning("manifest %s: skipping %s", manifest, problem)
         logger.warning("manifest %s: skipped %d problem(s)%s", manifest, len(problems), saved)
         return
-    lines = [str(p) for p in problems[:MAX_LISTED]]
+    lines = _listed(problems[:MAX_LISTED])
     if len(problems) > MAX_LISTED:
         lines.append(f"... and {len(problems) - MAX_LISTED} more")
     raise ManifestError(
         f"manifest {manifest} has {len(problems)} problem(s) (rows as in a spreadsheet, header = row 1)"
         f"{saved}:\n  " + "\n  ".join(lines)
-        + "\nFix them, or skip bad rows with skip_bad=True (biossl cohort --skip-bad --report FILE)."
+        + "\nFix them, or skip bad rows with skip_bad=True (biossl cohort --skip-bad --report FILE; "
+        "biossl pretrain --data.skip_bad true)."
     )
+
+
+def _listed(problems: list[Problem]) -> list[str]:
+    """One line per problem; a file's problem repeated on later rows (a shared table) is said once."""
+    first: dict[tuple[str, str], int] = {}
+    lines = []
+    for p in problems:
+        seen = first.get((p.path, p.reason)) if p.row is not None else None
+        if seen is None:
+            lines.append(str(p))
+            if p.row is not None:
+                first[p.path, p.reason] = p.row
+        else:
+            lines.append(str(Problem(p.row, p.patient_id, p.modality, p.path, f"same problem as row {seen}")))
+    return lines
 
 
 def _write_report(problems: list[Problem], path: Path) -> None:
@@ -255,7 +272,8 @@ class Cohort:
                 columns row, patient_id, modality, path, reason), written atomically whenever given,
                 also when there are none or when raising. Nothing is written when it is ``None``;
                 commands pass a file in their output folder.
-            probe: Open each file with its modality's reader probe; ``False`` only checks existence.
+            probe: Open each file with its modality's reader probe (``biossl.data.<modality>.check``
+                where there is one, else ``.probe``); ``False`` only checks existence.
             probes: ``modality -> probe(path)`` overriding ``biossl.data.<modality>.probe``; a probe
                 raises an :class:`~biossl.errors.InputError` for an unreadable file.
             table_patients: ``table_patients(path) -> patient IDs`` of an expression table, overriding

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from torch.utils.data import DataLoader
 
 from biossl.data import keys
 from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, collate_bags
 from biossl.data.cohort import Cohort
+from biossl.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,11 @@ class BagDataModule(pl.LightningDataModule):
         skip_bad: Skip unreadable manifest rows with a warning and a report instead of failing.
         features_dir: Cached tile embeddings from ``biossl cache-features``; slides are then read as
             feature vectors (use the ``features/mlp`` encoder for ``wsi``) and are not tiled again.
+        holdout: Fraction of patients held out of pretraining (0 = none), for probes that watch the
+            representation on patients it never trained on (:class:`biossl.audit.callback.NuisanceProbe`).
+            They are drawn with numpy's generator seeded ``(seed, 7)`` from the sorted patients (at
+            least 2 held out, at least 2 left to train on) and served by :attr:`holdout_dataset`, with
+            the training patients' gene vocabulary and fixed (first-draw) bags.
     """
 
     def __init__(
@@ -75,8 +82,14 @@ class BagDataModule(pl.LightningDataModule):
         min_tissue: float = 0.5,
         skip_bad: bool = False,
         features_dir: str | Path | None = None,
+        holdout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= holdout < 1.0:
+            raise InputError(f"data.holdout must be in [0, 1) (a fraction of patients); got {holdout}")
+        self.holdout = float(holdout)
+        self.holdout_patients: list[str] = []
+        self.holdout_dataset: PatientBagDataset | None = None
         self.manifest = Path(manifest)
         self.work_dir = Path(work_dir)
         self.spec = spec or BagSpec()
@@ -113,23 +126,49 @@ class BagDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the bag dataset (and the gene vocabulary when none was given)."""
         if self.dataset is None:
+            cohort = self.load_cohort()
+            self.holdout_patients = self._holdout_patients(cohort)
+            train = (cohort.subset(sorted(set(cohort.patients) - set(self.holdout_patients)))
+                     if self.holdout_patients else cohort)
             self.dataset = PatientBagDataset(
-                self.load_cohort(), spec=self.spec, coords_dir=self.coords_dir, features_dir=self.features_dir,
+                train, spec=self.spec, coords_dir=self.coords_dir, features_dir=self.features_dir,
                 vocabulary=self.vocabulary,
                 volume_cache_dir=self.work_dir / "volume_cache", seed=self.seed,
             )
             self.vocabulary = self.dataset.vocabulary
+            if self.holdout_patients:
+                self.holdout_dataset = PatientBagDataset(
+                    cohort.subset(self.holdout_patients), spec=self.spec, coords_dir=self.coords_dir,
+                    features_dir=self.features_dir, vocabulary=self.vocabulary,
+                    volume_cache_dir=self.work_dir / "volume_cache", seed=self.seed, train=False,
+                )
+                logger.info("%d of %d patients held out of pretraining (data.holdout=%g) for probes",
+                            len(self.holdout_patients), len(cohort.patients), self.holdout)
+
+    def _holdout_patients(self, cohort: Cohort) -> list[str]:
+        if self.holdout == 0.0:
+            return []
+        patients = sorted(cohort.patients)
+        n = max(2, round(self.holdout * len(patients)))
+        if len(patients) - n < 2:
+            raise InputError(f"data.holdout={self.holdout} holds out {n} of {len(patients)} patients and leaves "
+                             f"fewer than 2 to pretrain on; lower data.holdout")
+        order = np.random.default_rng((self.seed, 7)).permutation(len(patients))
+        return sorted(patients[i] for i in order[:n])
 
     def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled patient bags; draws are seeded by (seed, epoch, patient)."""
+        """Shuffled patient bags; draws are seeded by (seed, epoch, patient); sharded by rank under DDP."""
         if self.dataset is None:
             self.setup("fit")
         assert self.dataset is not None
+        trainer = getattr(self, "trainer", None)
+        replicas, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+        sampler = BagSampler(len(self.dataset), shuffle=True, seed=self.seed, num_replicas=replicas, rank=rank)
         return ResumableLoader(
             self.dataset,
             batch_size=self.batch_size,
-            sampler=BagSampler(len(self.dataset), shuffle=True, seed=self.seed),
+            sampler=sampler,
             collate_fn=collate_bags,
             num_workers=self.num_workers,
-            drop_last=len(self.dataset) > self.batch_size,
+            drop_last=len(sampler) > self.batch_size,
         )

@@ -9,6 +9,9 @@ numeric column that is not declared metadata. All other columns go to ``obs`` un
 
 Normalisation happens once: raw counts (non-negative, integer-valued) go through
 ``scanpy.pp.normalize_total`` then ``log1p``; anything else (z-scores, log values) is left alone.
+Whole numbers with a few (< 1 %) negative entries look like counts with bad entries: :func:`probe` (the
+cohort check) refuses them, :func:`read_expression` warns and reads them as normalised; with more
+negative entries they are normalised integer data (copy-number calls).
 The outcome is recorded in ``adata.uns["biossl"]``, which later calls read back instead of guessing.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -39,6 +43,9 @@ DEFAULT_METADATA: frozenset[str] = frozenset(
     {"age", "survival_months", "censorship", "event", "is_female", "train", "label", "time", "fold"}
 )
 TCGA_GENE_SUFFIX = "_rnaseq"
+#: Whole-number values with fewer negative entries than this fraction are read as raw counts with bad
+#: entries (an error); more, as normalised integer data such as copy-number calls (-2..2).
+NEGATIVE_COUNTS_MAX = 0.01
 _COMPRESSION = (".zip", ".gz", ".bz2", ".xz", ".zst")
 _UNNAMED = re.compile(r"^Unnamed: \d+$")
 _PANDAS_COPY = re.compile(r"^(.+)\.\d+$")
@@ -110,8 +117,29 @@ def table_patients(path: str | Path, *, patient_column: str | None = None) -> se
 
 
 def probe(path: str | Path) -> None:
-    """Check that ``path`` reads as a valid expression file; raise :class:`ExpressionError` if not."""
-    read_expression(path)
+    """Check that ``path`` reads as a valid expression file; raise :class:`ExpressionError` if not.
+
+    Stricter than :func:`read_expression`: raw counts with a few negative entries
+    (:func:`negative_counts`) are an error here, where the reader only warns.
+    """
+    problem = negative_counts(read_expression(path), path)
+    if problem:
+        raise ExpressionError(f"{problem}; counts cannot be negative: fix or drop these entries")
+
+
+def negative_counts(adata: ad.AnnData, source: str | Path = "<AnnData>") -> str | None:
+    """Say where, if ``adata.X`` looks like raw counts with bad entries: whole numbers, < 1 % of them negative.
+
+    Whole numbers with more negative entries are normalised integer data (copy-number calls, -2..2);
+    ``None`` then, and for anything that is not whole numbers with a negative entry.
+    """
+    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
+    negative = values < 0
+    if not negative.any() or negative.mean() >= NEGATIVE_COUNTS_MAX or not np.all(np.mod(values, 1) == 0):
+        return None
+    row, col = _first(adata.X, lambda v: v < 0)
+    return (f"{source}: looks like raw counts (whole numbers) but {int(negative.sum())} value(s) are negative "
+            f"(first: gene {adata.var_names[col]!r}, row {adata.obs_names[row]!r})")
 
 
 def normalize_expression(
@@ -135,6 +163,8 @@ def normalize_expression(
     values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
     negative = values.size > 0 and float(values.min()) < 0
     integer = not negative and bool(np.all(np.mod(values, 1) == 0))
+    if normalized is None and negative and (problem := negative_counts(adata, source)):
+        log.warning("%s; read as already normalised, as negative values are", problem)
     if normalized is None:
         reasons = {"negative values": negative, "non-integer values": not negative and not integer,
                    "scanpy log1p marker": "log1p" in adata.uns}  # fmt: skip
@@ -258,7 +288,9 @@ def _load(path: Path, patient_column: str | None, genes: Genes, meta: set[str]) 
 
 def _load_h5ad(path: Path, patient_column: str | None, genes: Genes) -> ad.AnnData:
     try:
-        adata = ad.read_h5ad(path)
+        with warnings.catch_warnings():  # duplicate gene names are an error below, with the file named
+            warnings.filterwarnings("ignore", message="Variable names are not unique")
+            adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError) as exc:
         raise ExpressionError(f"{path}: cannot read AnnData file ({exc})") from exc
     obs = adata.obs
@@ -303,7 +335,8 @@ def _table_to_adata(
     columns = list(df.columns)
     copies = [c for c in columns if (m := _PANDAS_COPY.match(c)) and m.group(1) in columns]
     if copies:
-        raise ExpressionError(f"{path}: duplicate column names (pandas renamed the copies to {copies[:5]})")
+        raise ExpressionError(f"{path}: duplicate column names (pandas renamed the copies to {copies[:5]}); "
+                              "make every gene and column name unique")
     if patient_column is not None and patient_column not in columns:
         raise ExpressionError(
             f"{path}: patient column {patient_column!r} not found; columns are {columns[:30]}"

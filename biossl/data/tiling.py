@@ -3,15 +3,25 @@
 Writes, atomically, ``<out>/<slide_stem>.h5`` (``coords``: int64 ``[N, 2]`` level-0 x, y of each tile's
 top-left corner; ``tissue``: float32 ``[N]`` tissue fraction per tile; attributes saying how to read
 a tile, ``slide_path``, ``level``, ``read_size``, ``tile_size``, and how it was made) and
-``<out>/<slide_stem>_thumbnail.png`` (kept tiles outlined). Only the smallest level is ever read.
+``<out>/<slide_stem>_thumbnail.png`` (kept tiles outlined). Only the smallest level is read in full,
+plus three kept tiles at the tiles' level, so a damaged level fails here and not in training.
+
+**Resuming.** :func:`tile_slides` skips a slide whose ``.h5`` opens and was made with the same
+options, so a cohort run killed halfway (SIGKILL, a scheduler's time limit) is simply started again:
+finished slides are not redone, and the slide that was being written when the run died is tiled
+again (its temporary files, ``.<name>.*.tmp`` beside the outputs, are removed first). An ``.h5``
+that does not open is tiled again with a warning; ``overwrite=True`` (``--overwrite``) redoes every
+slide.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +116,22 @@ def grid(slide: Slide, tissue: TissueMask, *, level: int, read_size: int) -> tup
     return coords, (inside / area).astype(np.float32)
 
 
+def check_tiles_decode(slide: Slide, coords: np.ndarray, *, level: int, read_size: int, n: int = 3) -> None:
+    """Decode ``n`` kept tiles (first, middle, last) at ``level``, before any output is written.
+
+    Tissue detection reads only the smallest level, so a slide whose finer level is damaged would
+    otherwise tile cleanly and fail later, in training. Reading a few tiles costs milliseconds.
+
+    Raises:
+        SlideError: A tile cannot be decoded (the message names the slide and the region).
+    """
+    if len(coords) == 0:
+        return
+    for i in sorted({round(k) for k in np.linspace(0, len(coords) - 1, n)}):
+        x, y = (int(v) for v in coords[i])
+        slide.read_region((x, y), level, (read_size, read_size))
+
+
 def read_params(h5_path: Path) -> dict[str, Any]:
     """Return the attributes of a coordinates file (raises ``OSError`` if it is unreadable)."""
     with h5py.File(h5_path, "r") as f:
@@ -141,7 +167,7 @@ def tile_slide(
         A :class:`TilingResult`.
 
     Raises:
-        SlideError: The slide cannot be read or has no µm/px.
+        SlideError: The slide cannot be read (also a kept tile that does not decode) or has no µm/px.
         NoTissueError: No tile reaches ``min_tissue`` (no ``.h5`` is written; the thumbnail is, so a
             person can see why). :func:`tile_slides` turns this into a warning and a skip.
     """
@@ -159,6 +185,7 @@ def tile_slide(
         keep = fractions >= min_tissue
         coords, fractions = coords[keep], fractions[keep]
         ds = slide.level_downsamples[level]
+        check_tiles_decode(slide, coords, level=level, read_size=read_size)
         write_thumbnail(thumb_path, tissue, coords, read_size * ds)
         if len(coords) == 0:
             raise NoTissueError(
@@ -207,8 +234,26 @@ def _reusable(h5_path: Path, params: dict[str, Any]) -> bool:
     differ = {k: (old.get(k), v) for k, v in params.items() if not np.isclose(old.get(k, np.nan), v)}
     if differ:
         said = ", ".join(f"{k}={was} (now {now})" for k, (was, now) in differ.items())
-        raise SlideError(f"{h5_path} was made with {said}; use another --out folder or delete the old files")
+        raise SlideError(f"{h5_path} was made with {said}; use another --out folder, delete the old files, "
+                         "or run `biossl tile` with --overwrite")
     return True
+
+
+def remove_stale_temporaries(out_dir: Path, stem: str) -> list[Path]:
+    """Delete what a killed run left of ``<stem>.h5`` and ``<stem>_thumbnail.png`` (their ``.tmp`` files).
+
+    :func:`biossl.io.atomic_path` removes its temporary file on any exception, but nothing runs on
+    SIGKILL. Only this slide's files are touched, so runs on other shards of the same folder are safe.
+    """
+    stale: list[Path] = []
+    for name in (f"{stem}.h5", f"{stem}_thumbnail.png"):
+        for tmp in out_dir.glob(f".{glob_escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                stale.append(tmp)
+    if stale:
+        logger.info("%s: removed %d temporary file(s) of an interrupted run", stem, len(stale))
+    return stale
 
 
 def select_shard(paths: Iterable[str | os.PathLike[str]], shard: tuple[int, int] | None) -> list[Path]:
@@ -228,19 +273,22 @@ def tile_slides(
     *,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **options: Any,
 ) -> list[TilingResult]:
     """Tile many slides into ``out_dir``, skipping those already done with the same parameters.
 
     Every slide of the shard is opened first, so a bad file or a missing µm/px fails the run before
     any work, with every bad file listed. A slide without tissue is logged as a warning and skipped
-    (a cohort of 500 slides should not stop for one blank slide); it is absent from the result.
+    (a cohort of 500 slides should not stop for one blank slide); it is absent from the result. When
+    no slide has tissue at all, that is an error naming them.
 
     Args:
         paths: Slide files (sorted before sharding).
         out_dir: Output folder.
         shard: ``(i, n)`` to process every ``n``-th slide of the sorted list starting at ``i``.
         progress: Show a tqdm progress bar.
+        overwrite: Tile every slide again, also those with a finished ``.h5`` (made with any options).
         **options: Keyword options of :func:`tile_slide`.
 
     Returns:
@@ -248,6 +296,7 @@ def tile_slides(
 
     Raises:
         SlideError: Some slides are unreadable, lack µm/px, or share a file stem.
+        NoTissueError: No slide of the shard has tissue (and none was tiled before).
     """
     out_dir = Path(out_dir)
     slides = select_shard(paths, shard)
@@ -272,9 +321,10 @@ def tile_slides(
     if options.get("slide_mpp") is not None:
         params["slide_mpp"] = options["slide_mpp"]
     results: list[TilingResult] = []
+    blank: list[str] = []
     for path in tqdm(slides, desc="tiling", unit="slide", disable=not progress):
         h5_path = out_dir / f"{path.stem}.h5"
-        if _reusable(h5_path, params):
+        if not overwrite and _reusable(h5_path, params):
             old = read_params(h5_path)
             results.append(
                 TilingResult(
@@ -290,8 +340,13 @@ def tile_slides(
             )
             logger.info("%s: already tiled (%s), skipped", path.name, h5_path)
             continue
+        remove_stale_temporaries(out_dir, path.stem)
         try:
             results.append(tile_slide(path, out_dir, **options))
         except NoTissueError as exc:
             logger.warning("skipping: %s", exc)
+            blank.append(str(exc))
+    if blank and not results:  # nothing to train on: one error naming the slides, not an empty result
+        more = f" (and {len(blank) - 5} more)" if len(blank) > 5 else ""
+        raise NoTissueError(f"no slide produced tiles, {len(blank)} without tissue{more}: " + "; ".join(blank[:5]))
     return results

@@ -138,6 +138,28 @@ def probe(path: str | os.PathLike[str]) -> None:
     _check_affine(path, np.asarray(img.affine, dtype=float))
 
 
+def check(path: str | os.PathLike[str]) -> None:
+    """What the cohort check runs: :func:`probe`, then NaN/inf voxels of a floating-point NIfTI.
+
+    The voxels of a NIfTI stored as floating point are read once (integer voxels, as in most CT, and
+    DICOM pixels cannot hold NaN), so a bad scan stops a run before training, not in its middle.
+
+    Raises:
+        VolumeError: See :func:`probe`; or NaN/infinite voxels, or voxel data that cannot be read.
+    """
+    probe(path)
+    path = Path(path)
+    if path.is_dir():
+        return
+    img = _open_nifti(path)
+    if np.dtype(img.get_data_dtype()).kind in "fc":
+        try:
+            data = np.asanyarray(img.dataobj)
+        except (OSError, EOFError, ValueError, zlib.error) as exc:
+            raise VolumeError(f"{path}: cannot read voxel data ({exc}); the file may be truncated") from exc
+        _check_finite(path, data)
+
+
 def _read_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a scan as float32 [X, Y, Z] and its RAS affine, validating shape, affine and values."""
     if path.is_dir():
@@ -152,6 +174,11 @@ def _read_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise VolumeError(f"{path}: cannot read voxel data ({exc}); the file may be truncated") from exc
         data = data.reshape(data.shape[:3])
     _check_affine(path, affine)
+    _check_finite(path, data)
+    return data, affine
+
+
+def _check_finite(path: Path, data: np.ndarray) -> None:
     bad = ~np.isfinite(data)
     if bad.any():
         n_nan = int(np.isnan(data).sum())
@@ -159,7 +186,6 @@ def _read_raw(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: {n_nan} NaN and {int(bad.sum()) - n_nan} infinite voxel(s) of {data.size}; fix the "
             "export (or replace them, e.g. with the background value) before training"
         )
-    return data, affine
 
 
 def load_volume_with_affine(path: str | os.PathLike[str], spec: VolumeSpec) -> tuple[np.ndarray, np.ndarray]:

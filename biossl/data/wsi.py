@@ -20,6 +20,16 @@ from biossl.errors import SlideError
 logger = logging.getLogger(__name__)
 
 _FIX_MPP = "pass --slide-mpp (slide_mpp=) with the scanner's µm per pixel at level 0 (0.25 at 40x, 0.5 at 20x)"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF and BigTIFF, both byte orders
+
+
+def _is_tiff(path: Path) -> bool:
+    """True if the file starts like a TIFF (every .svs does): a failed open then means damage or no pyramid."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
 
 
 def _open(path: Path) -> openslide.OpenSlide:
@@ -28,6 +38,12 @@ def _open(path: Path) -> openslide.OpenSlide:
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
+        if _is_tiff(path):
+            raise SlideError(
+                f"slide {path} starts like a TIFF but OpenSlide cannot read it ({path.stat().st_size} bytes): "
+                "the file is truncated or corrupt (copy it again), or a plain TIFF that is not a tiled "
+                "pyramid (re-export it, e.g. vips tiffsave --tile --pyramid)"
+            ) from None
         raise SlideError(
             f"slide {path} is not a whole-slide image OpenSlide can read (Aperio .svs, .tif, .ndpi, "
             ".mrxs, ...); check the file type or re-export it"

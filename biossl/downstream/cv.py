@@ -65,7 +65,8 @@ def common_patients(task: Task, methods: Sequence[Method]) -> Task:
 
 
 def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 5, seed: int = 0,
-              source: str = "") -> tuple[Task, pd.DataFrame]:
+              source: str = "", groups: Mapping[str, str] | None = None,
+              group_name: str = "group") -> tuple[Task, pd.DataFrame]:
     """Folds of the task's patients: the user's ``splits`` restricted to them, or new stratified ones.
 
     With ``splits``, labelled patients that no fold holds are left out (``excluded["no_fold"]``) and
@@ -74,10 +75,24 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
     Returns:
         ``(task restricted to the folds' patients, split table patient_id, fold)``.
 
+    With ``groups`` (patient -> group, e.g. the submitting ``site``; ``group_name`` names it in
+    messages), folds are *group-preserving*: every group's patients are in one fold, so no group is
+    in both the training and the test patients of any fold. Folds made here are then
+    :class:`~sklearn.model_selection.StratifiedGroupKFold` folds (by class or event, as far as the
+    groups allow); the user's ``splits`` are checked instead, and one that puts a group on both sides
+    is an error.
+
+    Returns:
+        ``(task restricted to the folds' patients, split table patient_id, fold)``.
+
     Raises:
         InputError: no split patient is labelled; a fold keeps no patient; fewer patients of a class
-            (or fewer events) than folds.
+            (or fewer events) than folds; with ``groups``: a patient without a group, fewer groups than
+            folds, a class in fewer groups than folds, or user splits that share a group between
+            training and test patients.
     """
+    if groups is not None:
+        _check_groups(task, groups, group_name)
     if splits is not None:
         where = source or "the split table"
         in_splits = set(map(str, splits[PATIENT_ID]))
@@ -102,7 +117,10 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
         if empty:
             raise InputError(f"fold(s) {empty} of {where} keep no patient with a label and inputs; "
                              "use splits made for these patients, or --folds K")
-        return restricted, table.reset_index(drop=True)
+        table = table.reset_index(drop=True)
+        if groups is not None:
+            _check_group_preserving(table, groups, group_name, where)
+        return restricted, table
     strata = task.strata()
     counts = strata.value_counts()
     if n_folds < 2:
@@ -118,7 +136,34 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
         raise InputError(f"class(es) {named} have fewer patients than --folds {n_folds}, so some test folds would "
                          "lack them; use fewer folds, merge rare classes, or leave them out of the labels table")
     stratify = strata if task.kind == "subtype" or len(rare) == 0 else None
-    return task, make_splits(task.patients, n_splits=n_folds, labels=stratify, seed=seed)
+    if groups is None:
+        return task, make_splits(task.patients, n_splits=n_folds, labels=stratify, seed=seed)
+    grouping = {p: str(groups[p]) for p in task.patients}
+    n_groups = len(set(grouping.values()))
+    if n_groups < n_folds:
+        raise InputError(f"only {n_groups} {group_name} value(s) among the {len(task)} labelled patients for "
+                         f"--folds {n_folds}: a {group_name} cannot be split across folds; use --folds {n_groups} "
+                         f"or fewer (at least 2)")
+    return task, make_splits(task.patients, n_splits=n_folds, labels=stratify, groups=grouping, seed=seed)
+
+
+def _check_groups(task: Task, groups: Mapping[str, str], group_name: str) -> None:
+    missing = [p for p in task.patients if p not in groups or pd.isna(groups[p]) or str(groups[p]).strip() == ""]
+    if missing:
+        raise InputError(f"{len(missing)} labelled patient(s) have no {group_name} value, e.g. {missing[:MAX_NAMED]}; "
+                         f"fill the {group_name} column for them or leave them out of the labels table")
+
+
+def _check_group_preserving(splits: pd.DataFrame, groups: Mapping[str, str], group_name: str, where: str) -> None:
+    """Raise when a group has patients in the test fold and in the training patients of some fold."""
+    by_group = splits.assign(_g=splits[PATIENT_ID].map(lambda p: str(groups[p]))).groupby("_g")[FOLD]
+    folds_of: dict[str, list[int]] = {str(g): sorted({int(x) for x in f}) for g, f in by_group}
+    shared = {g: f for g, f in folds_of.items() if len(f) > 1}
+    if shared:
+        named = ", ".join(f"{g!r} (folds {f})" for g, f in list(shared.items())[:MAX_NAMED])
+        raise InputError(f"{len(shared)} {group_name} value(s) have patients in more than one fold of {where}, so they "
+                         f"are in the training and the test patients of a fold: {named}; use {group_name}-preserving "
+                         f"splits, or drop --splits and let --group-by make them")
 
 
 def summarise(values: Sequence[float | None]) -> dict[str, Any]:

@@ -15,8 +15,10 @@ training) over the L2-normalised modality embeddings -- the space the cross-moda
 in -- of the modalities each patient has: a missing modality has weight exactly 0.
 
 **Output.** ``obs``: one row per patient (index ``patient_id``) with the manifest metadata (one value
-per patient), ``has_<modality>`` flags and, with a labels table, its columns; ``obsm["X_<modality>"]``
-the pooled embedding of each modality of the checkpoint, NaN rows where the patient lacks it;
+per patient), ``has_<modality>`` flags, ``pretrain_holdout`` (patients the checkpoint's run held
+out of pretraining, ``data.holdout``; only when it held some out) and, with a labels table, its
+columns; ``obsm["X_<modality>"]`` the pooled embedding of each modality of the checkpoint, NaN rows
+where the patient lacks it;
 ``obsm["X_fused"]``, also copied to ``X`` (vars ``fused_000`` ...) so that scanpy's defaults work;
 ``uns["biossl"]`` the provenance. Patients with none of the checkpoint's modalities have no embedding
 and are left out (logged).
@@ -38,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from biossl import __version__
 from biossl.data import keys
-from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, collate_bags
+from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, batch_to, collate_bags
 from biossl.data.cohort import Cohort
 from biossl.data.labels import MAX_NAMED, read_labels
 from biossl.errors import InputError
@@ -85,13 +87,6 @@ def _pretrain_data_config(state: dict[str, Any]) -> dict[str, Any]:
     data = cfg.get("data") if isinstance(cfg, dict) else None
     return data if isinstance(data, dict) else {}
 
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
 
 
 def _as_text(values: pd.Series) -> list[str]:
@@ -158,7 +153,28 @@ def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str 
     dm.setup("predict")
     dataset, cohort = dm.dataset, dm.cohort
     assert dataset is not None and cohort is not None
+    if keys.EXPRESSION in modalities:
+        _check_gene_overlap(dataset, cohort, checkpoint, len(state["vocabulary"]))
     return dataset, cohort, modalities, spec
+
+
+def _check_gene_overlap(dataset: PatientBagDataset, cohort: Cohort, checkpoint: Path, n_genes: int) -> None:
+    """Refuse expression that shares no gene with the checkpoint's vocabulary (a different gene vocabulary).
+
+    Genes missing from a table are masked, so a partial overlap works (and is logged while aligning);
+    with no gene in common every profile would be all-masked and its embedding meaningless.
+
+    Raises:
+        InputError: some expression file of the cohort has none of the checkpoint's genes.
+    """
+    aligned: dict[str, tuple[np.ndarray, np.ndarray]] = getattr(dataset, "_expr", {})
+    disjoint = sorted({str(path) for p, (_, mask) in aligned.items() if not mask.any()
+                       for path in cohort.files(p, keys.EXPRESSION)})
+    if disjoint:
+        raise InputError(f"expression {', '.join(disjoint[:3])} shares no gene with the {n_genes}-gene vocabulary of "
+                         f"checkpoint {checkpoint} (another gene vocabulary: symbols vs Ensembl IDs, another panel?); "
+                         "rename the genes to the checkpoint's (its data_state['vocabulary']) or pretrain on this "
+                         "cohort")
 
 
 def embed_cohort(
@@ -197,7 +213,6 @@ def embed_cohort(
         InputError: an unreadable or foreign checkpoint, a bad manifest or labels table, a checkpoint
             lacking what the data needs (bag spec, vocabulary), or no patient with an embeddable modality.
     """
-    from biossl.encoders.fusion import MeanFusion
     from biossl.modules.pretrain import PretrainModule
 
     checkpoint, manifest = Path(checkpoint), Path(manifest)
@@ -206,30 +221,9 @@ def embed_cohort(
                                                     features_dir=features_dir, skip_bad=skip_bad,
                                                     batch_size=batch_size, num_workers=num_workers, seed=seed)
     state = module.data_state
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=BagSampler(len(dataset), shuffle=False, seed=seed),
-                        collate_fn=collate_bags, num_workers=num_workers)
-
-    device = torch.device(device)
-    module.eval().to(device)
-    n, dim = len(dataset), module.embed_dim
-    emb = {m: np.full((n, dim), np.nan, dtype=np.float32) for m in modalities}
-    has = {m: np.zeros(n, dtype=bool) for m in modalities}
-    fused = np.zeros((n, dim), dtype=np.float32)
-    fusion = MeanFusion(dim, modalities)
-    start = 0
-    with torch.no_grad():
-        for batch in loader:
-            b = len(batch["patient_id"])
-            pooled, present, _ = module.encode_batch(_to(batch, device), with_masked_loss=False)
-            for m in pooled:
-                p = present[m].cpu().numpy().astype(bool)
-                rows = np.flatnonzero(p) + start
-                emb[m][rows] = pooled[m][present[m]].float().cpu().numpy()
-                has[m][rows] = True
-            if pooled:
-                normed = {m: torch.nn.functional.normalize(v.float(), dim=1) for m, v in pooled.items()}
-                fused[start:start + b] = fusion(normed, present)[0].cpu().numpy()
-            start += b
+    emb, has, fused = embed_dataset(module, dataset, modalities, batch_size=batch_size, num_workers=num_workers,
+                                    seed=seed, device=device)
+    dim = module.embed_dim
     patients = list(dataset.patients)
     any_modality = np.any(np.stack([has[m] for m in modalities]), axis=0)
     if not any_modality.any():
@@ -245,6 +239,9 @@ def embed_cohort(
     obs.index = pd.Index(kept, name=keys.PATIENT_ID)
     for m in modalities:
         obs[f"has_{m}"] = has[m][keep]
+    if state.get("holdout_patients"):
+        held = set(map(str, state["holdout_patients"]))
+        obs["pretrain_holdout"] = [p in held for p in kept]
     label_columns: list[str] = []
     if labels is not None:
         table = read_labels(labels, patients=kept, patients_from=f"the cohort {manifest}", unknown=unknown_labels,
@@ -275,6 +272,47 @@ def embed_cohort(
     return adata
 
 
+def embed_dataset(module: Any, dataset: PatientBagDataset, modalities: list[str], *, batch_size: int = 8,
+                  num_workers: int = 0, seed: int = 0, device: str | torch.device = "cpu",
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Pooled embedding of every patient of ``dataset`` (in its order), per modality and fused.
+
+    Returns:
+        ``(emb, has, fused)``: ``emb[m]`` float32 ``[n, dim]`` with NaN rows where a patient lacks
+        ``m``; ``has[m]`` bool ``[n]``; ``fused`` the :class:`~biossl.encoders.fusion.MeanFusion` of the
+        L2-normalised embeddings of each patient's present modalities (zeros where none).
+        The module is left in eval mode on ``device``.
+    """
+    from biossl.encoders.fusion import MeanFusion
+
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=BagSampler(len(dataset), shuffle=False, seed=seed),
+                        collate_fn=collate_bags, num_workers=num_workers)
+    device = torch.device(device)
+    module.eval().to(device)
+    n, dim = len(dataset), module.embed_dim
+    emb = {m: np.full((n, dim), np.nan, dtype=np.float32) for m in modalities}
+    has = {m: np.zeros(n, dtype=bool) for m in modalities}
+    fused = np.zeros((n, dim), dtype=np.float32)
+    fusion = MeanFusion(dim, modalities)
+    start = 0
+    with torch.no_grad():
+        for batch in loader:
+            b = len(batch["patient_id"])
+            pooled, present, _ = module.encode_batch(batch_to(batch, device), with_masked_loss=False)
+            for m in pooled:
+                if m not in emb:
+                    continue
+                p = present[m].cpu().numpy().astype(bool)
+                rows = np.flatnonzero(p) + start
+                emb[m][rows] = pooled[m][present[m]].float().cpu().numpy()
+                has[m][rows] = True
+            if pooled:
+                normed = {m: torch.nn.functional.normalize(v.float(), dim=1) for m, v in pooled.items()}
+                fused[start:start + b] = fusion(normed, present)[0].cpu().numpy()
+            start += b
+    return emb, has, fused
+
+
 def write_embeddings(adata: ad.AnnData, path: str | Path) -> None:
     """Write ``adata`` as ``.h5ad`` atomically (a failed write leaves no file under ``path``)."""
     with atomic_path(path) as tmp:
@@ -296,5 +334,5 @@ def read_embeddings(path: str | Path) -> ad.AnnData:
         raise InputError(f"{path} is not a readable .h5ad file ({exc}); write it with `biossl embed`") from exc
 
 
-__all__ = ["FUSED", "bag_spec_of", "embed_cohort", "obsm_key", "open_cohort", "read_embeddings",
+__all__ = ["FUSED", "bag_spec_of", "embed_cohort", "embed_dataset", "obsm_key", "open_cohort", "read_embeddings",
            "write_embeddings"]

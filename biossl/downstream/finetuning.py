@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from biossl.data import keys
-from biossl.data.bags import collate_bags
+from biossl.data.bags import batch_to, collate_bags
 from biossl.downstream.heads import Head
 from biossl.downstream.methods import SURVIVAL_PSEUDO_LABELS, SurvivalLoss, make_head
 from biossl.downstream.tasks import Task
@@ -74,13 +74,6 @@ def auto_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
 
 
 @dataclass
@@ -197,7 +190,7 @@ class CohortBags:
         with torch.no_grad():
             for start in range(0, len(patients), batch_size):
                 chunk = patients[start:start + batch_size]
-                rows.append(model.embed(_to(self.batch(chunk, 0, modalities), dev)).float().cpu().numpy())
+                rows.append(model.embed(batch_to(self.batch(chunk, 0, modalities), dev)).float().cpu().numpy())
         self.module.cpu()
         frame = pd.DataFrame(np.concatenate(rows).astype(np.float64), index=pd.Index(patients, name="patient_id"))
         return frame
@@ -358,7 +351,7 @@ class EncoderFinetune:
         with torch.no_grad():
             for chunk in _chunks(patients, self.settings.batch_size):
                 with self._autocast():
-                    out.append(model.embed(_to(self.bags.batch(chunk, epoch, self.used), self.device)).float())
+                    out.append(model.embed(batch_to(self.bags.batch(chunk, epoch, self.used), self.device)).float())
         return torch.cat(out)
 
     def _fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int,
@@ -398,7 +391,7 @@ class EncoderFinetune:
                 model.train()
                 epoch_loss, epoch_rows = 0.0, 0
                 for chunk in _chunks(rng.permutation(len(ids)).tolist(), s.batch_size):
-                    batch = _to(self.bags.batch([ids[i] for i in chunk], epoch + 1, self.used), self.device)
+                    batch = batch_to(self.bags.batch([ids[i] for i in chunk], epoch + 1, self.used), self.device)
                     with self._autocast():
                         out = model(batch)
                     rows = torch.as_tensor(chunk, device=self.device)
@@ -429,7 +422,7 @@ class EncoderFinetune:
                 outs = []
                 for chunk in _chunks(test_ids, s.batch_size):
                     with self._autocast():
-                        outs.append(model(_to(self.bags.batch(chunk, 0, self.used), self.device)))
+                        outs.append(model(batch_to(self.bags.batch(chunk, 0, self.used), self.device)))
                 prediction = head.predict(torch.cat(outs))
         for p in encoders + rest:
             p.requires_grad_(False)

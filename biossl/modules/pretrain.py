@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,25 @@ def compile_methods(encoder: ModalityModel, backend: bool | str = True) -> None:
     name_of_backend = "inductor" if backend is True else str(backend)
     for name in ("embed", "masked_loss", "tokens"):
         setattr(encoder, name, torch.compile(getattr(encoder, name), backend=name_of_backend))
+
+
+def _unreadable_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text is many lines)."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"it holds a pickled {found.group(1)} object, which safe loading refuses (biossl checkpoints hold "
+                "only tensors and plain values), so `biossl pretrain` did not write it; use "
+                "<run>/checkpoints/last.ckpt of a `biossl pretrain` run")
+    if isinstance(exc, EOFError) or "central directory" in text or "zip archive" in text:
+        return ("it is truncated or corrupt (an interrupted copy or download?); copy it again, or use an earlier "
+                "checkpoint of the run (<run>/checkpoints/step*.ckpt)")
+    return (f"not a PyTorch checkpoint file ({type(exc).__name__}); use <run>/checkpoints/last.ckpt of a "
+            "`biossl pretrain` run")
+
+
+def _one_line(exc: BaseException, limit: int = 240) -> str:
+    return " ".join(str(exc).split())[:limit]
 
 
 class PretrainModule(pl.LightningModule):
@@ -158,6 +178,9 @@ class PretrainModule(pl.LightningModule):
         if dm is not None and getattr(dm, "cohort", None) is not None:
             self.data_state["data_fingerprint"] = dm.cohort.fingerprint()
             self.data_state["bag_spec"] = dict(vars(dm.spec))
+            held = list(getattr(dm, "holdout_patients", []) or [])
+            if held:
+                self.data_state["holdout_patients"] = held
         if keys.EXPRESSION in self.modality_specs and "vocabulary" in self.data_state:
             self.modality_specs[keys.EXPRESSION].setdefault("n_genes", len(self.data_state["vocabulary"]))
         feature_dim = getattr(getattr(dm, "dataset", None), "feature_dim", None)
@@ -286,30 +309,47 @@ class PretrainModule(pl.LightningModule):
     def from_checkpoint(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> PretrainModule:
         """Load a pretrained module with safe (``weights_only``) loading, without a trainer or data.
 
+        Every failure is one line naming the file and what to do: a missing, truncated or unreadable
+        file; a file that is not a ``biossl pretrain`` checkpoint (a plain ``state_dict``, another
+        project's Lightning checkpoint, a pickled object); a checkpoint written by a biossl of another
+        major version (its version is stored in ``checkpoint["biossl"]["version"]``); or weights that do
+        not fit the architecture the checkpoint describes.
+
         Raises:
-            InputError: The file is not a biossl pretraining checkpoint, or was written by an
-                incompatible biossl version.
+            InputError: The file is not a usable biossl pretraining checkpoint (see above).
         """
         path = Path(path)
+        redo = "use <run>/checkpoints/last.ckpt of a `biossl pretrain` run"
+        if not path.is_file():
+            raise InputError(f"checkpoint {path} not found; {redo}")
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except FileNotFoundError:
-            raise InputError(f"checkpoint {path} not found") from None
-        except Exception as exc:  # unpickling errors come in many types
-            raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 (truncated zips, foreign pickles, ... raise many types)
+            raise InputError(f"{path} is not a readable checkpoint: {_unreadable_reason(exc)}") from None
         state = ckpt.get("biossl") if isinstance(ckpt, dict) else None
-        if not state or "modality_specs" not in state:
-            raise InputError(f"{path} is not a biossl pretraining checkpoint (no 'biossl' section)")
-        major = str(state.get("version", "0")).split(".")[0]
-        if major != __version__.split(".")[0]:
-            raise InputError(f"{path} was written by biossl {state.get('version')}; this is biossl {__version__}")
-        # LightningCLI adds bookkeeping keys (``_instantiator``, ``_class_path``) the constructor does not take.
-        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-        hparams["modalities"] = state["modality_specs"]
-        module = cls(**hparams)
-        module.data_state = dict(state)
-        module.configure_model()
-        module.load_state_dict(ckpt["state_dict"])
+        if not isinstance(state, dict) or "modality_specs" not in state:
+            what = ("a plain state_dict" if isinstance(ckpt, dict) and ckpt and all(
+                isinstance(v, torch.Tensor) for v in ckpt.values()) else
+                    "a Lightning checkpoint of another model" if isinstance(ckpt, dict) and "state_dict" in ckpt else
+                    f"a {type(ckpt).__name__}")
+            raise InputError(f"checkpoint {path} is not a biossl pretraining checkpoint (no 'biossl' section: "
+                             f"{what}); {redo}")
+        version = str(state.get("version", "unknown"))
+        if version.split(".")[0] != __version__.split(".")[0]:
+            raise InputError(f"checkpoint {path} was written by biossl {version}, incompatible with this biossl "
+                             f"{__version__} (checkpoints load within one major version); install biossl "
+                             f"{version} to use it, or pretrain again with this version")
+        try:
+            # LightningCLI adds bookkeeping keys (``_instantiator``, ``_class_path``) the constructor does not take.
+            hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+            hparams["modalities"] = state["modality_specs"]
+            module = cls(**hparams)
+            module.data_state = dict(state)
+            module.configure_model()
+            module.load_state_dict(ckpt["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"checkpoint {path} (biossl {version}) does not rebuild its model "
+                             f"({type(exc).__name__}: {_one_line(exc)}); it may be damaged or edited; {redo}") from None
         return module
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

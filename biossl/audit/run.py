@@ -1,0 +1,339 @@
+"""The audit of an AnnData of embeddings (``biossl audit``): probes, batch metrics, verdict, JSON and HTML.
+
+Input: an AnnData as ``biossl embed`` writes it (:mod:`biossl.downstream.embed`): rows = patients (or
+instances of patients, with ``group_column`` naming the patient), ``obs`` = metadata and labels,
+``obsm["X_fused"]`` and ``obsm["X_<modality>"]`` (NaN rows where a patient lacks the modality: those
+rows are left out of that key's audit, and counted).
+
+For every embedding key and every audited (nuisance) column, and for the biology ``label`` column:
+
+- the two probes of :mod:`biossl.audit.probes` (balanced accuracy, chance, exact permutation p-value);
+- for nuisance columns, the batch metrics of :mod:`biossl.audit.batch` (silhouette, iLISI-style mixing,
+  and the robustness index against the label when one is given);
+- the first two principal components of the embedding, for the report's scatter plots.
+
+**Verdict.** A probe *fails* when ``2 p < alpha`` (Bonferroni over the column's two probes) **and**
+its balanced accuracy exceeds chance by more than ``max_excess``: a detectable *and* sizeable
+signal. A nuisance column fails on a key when either probe fails; the audit fails when any nuisance
+column fails on any key. A **red flag** marks a nuisance column that is predictable (``2 min(p) <
+alpha``, excess above 0) and whose larger excess over chance (of its two probes) exceeds the label's
+on the same key: the site is easier to read from the embedding than the biology. Red flags are
+reported; they fail the audit only with ``fail_on_red_flag``.
+
+A column that cannot be probed on one key (e.g. too few patients of each site have that
+modality) is reported as ``not tested`` on that key with the reason; it must be testable on the
+input as a whole (every row that has a value), else the audit stops with an :class:`InputError`.
+
+:func:`audit_embeddings` returns a JSON-safe dict; :func:`write_audit` writes ``audit.json`` and a
+self-contained ``report.html`` (:mod:`biossl.audit.report`). An optional ``artifacts`` entry (the
+synthetic artifact probes: records ``{modality, artifact, strength, drift, detectability, stability}``)
+is rendered when present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from biossl import __version__
+from biossl.audit import batch as batch_metrics
+from biossl.audit.probes import RIDGE, Column, KnnProbe, LinearProbe, neighbours, prepare_column, run_probe
+from biossl.errors import InputError
+from biossl.io import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+FAIL, PASS, LABEL, NOT_TESTED = "fail", "pass", "label", "not tested"
+#: Rows of the PCA scatter stored in the result (a seeded sample above this).
+MAX_SCATTER = 5000
+_PROBES = ("linear", "knn")
+
+
+def default_keys(adata: ad.AnnData) -> list[str]:
+    """``X_fused`` first, then every other ``X_<modality>`` of ``obsm`` (in ``uns["biossl"]["modalities"]`` order)."""
+    present = [str(k) for k in adata.obsm if str(k).startswith("X_")]
+    mods = adata.uns.get("biossl", {}).get("modalities", []) if isinstance(adata.uns.get("biossl"), dict) else []
+    order = ["X_fused"] + [f"X_{m}" for m in mods]
+    return [k for k in order if k in present] + sorted(k for k in present if k not in order)
+
+
+def _check_settings(alpha: float, max_excess: float, n_permutations: int, n_folds: int, k: int) -> None:
+    if not 0 < alpha < 1:
+        raise InputError(f"--alpha must be in (0, 1); got {alpha}")
+    if not 0 <= max_excess < 1:
+        raise InputError(f"--max-excess must be in [0, 1); got {max_excess}")
+    need = math.floor(2 / alpha)  # smallest p is 1/(B+1); Bonferroni doubles it: 2/(B+1) < alpha
+    if n_permutations < need:
+        raise InputError(f"--permutations {n_permutations} cannot reach --alpha {alpha} (the smallest p-value is "
+                         f"1/(B+1), doubled for 2 probes); use at least {need}, e.g. 1000")
+    if n_folds < 2:
+        raise InputError(f"--folds must be at least 2; got {n_folds}")
+    if k < 1:
+        raise InputError(f"--k must be at least 1; got {k}")
+
+
+def _check_columns(adata: ad.AnnData, columns: Sequence[str], label: str | None, group_column: str | None,
+                   source: str) -> None:
+    available = ", ".join(map(str, adata.obs.columns)) or "none"
+    if not columns:
+        raise InputError("name at least one column to audit with --columns (e.g. --columns site)")
+    for col in [*columns, *([label] if label else []), *([group_column] if group_column else [])]:
+        if col not in adata.obs.columns:
+            raise InputError(f"column {col!r} is not in the obs of {source}; available columns: {available}")
+    if len(set(columns)) < len(columns):
+        raise InputError(f"--columns lists a column twice: {list(columns)}")
+    if label is not None and label in columns:
+        raise InputError(f"--label {label!r} is also in --columns; audit it as one or the other")
+
+
+def _groups(adata: ad.AnnData, group_column: str | None) -> np.ndarray:
+    if group_column is None:
+        return np.asarray(adata.obs_names, dtype=object).astype(str)
+    values = adata.obs[group_column]
+    if values.isna().any():
+        raise InputError(f"group column {group_column!r} has {int(values.isna().sum())} row(s) without a value; "
+                         "every row needs its patient")
+    return values.astype(str).to_numpy()
+
+
+def _pca2(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """(row indices plotted, their first 2 PC scores, explained variance ratios)."""
+    rows = np.arange(len(x))
+    if len(x) > MAX_SCATTER:
+        rows = np.sort(np.random.default_rng(seed).choice(len(x), MAX_SCATTER, replace=False))
+    xc = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    n_pc = min(2, vt.shape[0])
+    scores = np.zeros((len(rows), 2))
+    scores[:, :n_pc] = xc[rows] @ vt[:n_pc].T
+    var = s ** 2
+    ratio = (var / var.sum()).tolist() if var.sum() > 0 else [0.0] * len(var)
+    return rows, scores, [float(r) for r in ratio[:2]]
+
+
+def _probe_entry(col: Column, role: str, probes: dict[str, Any], alpha: float, max_excess: float) -> dict[str, Any]:
+    ps = [probes[p].p_value for p in _PROBES]
+    entry: dict[str, Any] = {"role": role, **col.summary(), **{p: probes[p].to_dict() for p in _PROBES},
+                             "p_bonferroni": min(1.0, 2 * min(ps)),
+                             "max_excess": max(probes[p].excess for p in _PROBES)}
+    failed = [p for p in _PROBES if 2 * probes[p].p_value < alpha and probes[p].excess > max_excess]
+    for p in _PROBES:
+        entry[p]["verdict"] = (FAIL if p in failed else PASS) if role == "nuisance" else LABEL
+    entry["verdict"] = (FAIL if failed else PASS) if role == "nuisance" else LABEL
+    entry["failed_probes"] = failed
+    return entry
+
+
+def _audit_key(adata: ad.AnnData, key: str, groups_all: np.ndarray, columns: Sequence[str], label: str | None,
+               settings: dict[str, Any]) -> dict[str, Any]:
+    x_all = np.asarray(adata.obsm[key], dtype=np.float64)
+    if x_all.ndim != 2:
+        raise InputError(f"obsm[{key!r}] is not a 2D array (shape {x_all.shape})")
+    finite = np.asarray(np.isfinite(x_all).all(axis=1), dtype=bool)
+    out: dict[str, Any] = {"key": key, "n_rows": int(finite.sum()), "dim": int(x_all.shape[1]),
+                           "dropped_no_embedding": int((~finite).sum()), "columns": {}, "batch": {}}
+    if (~finite).any():
+        logger.info("%s: %d of %d rows have no embedding (a missing modality) and are left out of its audit",
+                    key, int((~finite).sum()), len(finite))
+    rows = np.flatnonzero(finite)
+    x, groups = x_all[rows], groups_all[rows]
+    t0 = time.perf_counter()
+    k_folds, k, seed, b = settings["n_folds"], settings["k"], settings["seed"], settings["n_permutations"]
+    min_groups = settings["min_groups"]
+    prepared: dict[str, Column] = {}
+    for col in [*columns, *([label] if label else [])]:
+        role = "label" if col == label else "nuisance"
+        try:
+            if len(rows) == 0:
+                raise InputError(f"no row has an embedding in obsm[{key!r}]")
+            c = prepare_column(adata.obs[col].to_numpy()[rows], groups, column=col, min_groups=min_groups,
+                               where=f"{key}", allow_varying=role == "label")
+            linear = LinearProbe(x[c.rows], c.groups, n_folds=k_folds, seed=seed, ridge=settings["ridge"])
+            knn = KnnProbe(x[c.rows], c.groups, k=k)
+        except InputError as exc:
+            logger.warning("%s: column %r not tested: %s", key, col, exc)
+            out["columns"][col] = {"role": role, "column": col, "verdict": NOT_TESTED, "reason": str(exc)}
+            continue
+        prepared[col] = c
+        probes = {p.name: run_probe(p, c, n_permutations=b, seed=seed) for p in (linear, knn)}
+        out["columns"][col] = _probe_entry(c, role, probes, settings["alpha"], settings["max_excess"])
+        if role == "nuisance":
+            xs = x[c.rows]
+            out["batch"][col] = {"silhouette": batch_metrics.silhouette_by_batch(xs, c.codes, seed=seed),
+                                 **batch_metrics.ilisi(knn.idx, c, seed=seed)}
+    if label is not None and label in prepared and len(rows) > 1:
+        idx = neighbours(x, _codes(groups), k)
+        lab = _codes_on(prepared[label], len(rows))
+        for col in columns:
+            if col in prepared:
+                out["batch"][col]["robustness"] = batch_metrics.robustness_index(idx, lab, _codes_on(prepared[col],
+                                                                                                      len(rows)))
+    label_excess = out["columns"].get(label, {}).get("max_excess") if label else None
+    for col in columns:
+        entry = out["columns"][col]
+        entry["red_flag"] = bool(label_excess is not None and entry.get("max_excess") is not None
+                                 and entry["p_bonferroni"] < settings["alpha"] and entry["max_excess"] > 0
+                                 and entry["max_excess"] > label_excess)
+    if len(rows) >= 2:
+        plotted, scores, ratio = _pca2(x, seed)
+        obs_rows = rows[plotted]
+        out["pca"] = {"pc1": scores[:, 0].tolist(), "pc2": scores[:, 1].tolist(), "explained": ratio,
+                      "values": {col: ["" if pd.isna(v) else str(v) for v in adata.obs[col].to_numpy()[obs_rows]]
+                                 for col in [*columns, *([label] if label else [])]}}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    return np.unique(values, return_inverse=True)[1].astype(np.int64)
+
+
+def _codes_on(col: Column, n: int) -> np.ndarray:
+    """The column's class codes on all ``n`` rows of the key (-1 where dropped)."""
+    out = np.full(n, -1, dtype=np.int64)
+    out[col.rows] = col.codes
+    return out
+
+
+def audit_embeddings(
+    adata: ad.AnnData,
+    columns: Sequence[str],
+    *,
+    label: str | None = None,
+    keys: Sequence[str] | None = None,
+    group_column: str | None = None,
+    alpha: float = 0.05,
+    max_excess: float = 0.10,
+    n_permutations: int = 1000,
+    n_folds: int = 5,
+    k: int = 15,
+    seed: int = 0,
+    ridge: float = RIDGE,
+    min_groups: int | None = None,
+    fail_on_red_flag: bool = False,
+    source: str = "the embeddings",
+) -> dict[str, Any]:
+    """Audit ``adata``'s embeddings for the nuisance ``columns`` (see the module docstring).
+
+    Args:
+        adata: Embeddings (``obsm`` keys) and metadata (``obs``).
+        columns: Nuisance columns of ``obs`` to audit (site, scanner, batch, ...).
+        label: Optional biology label column of ``obs``, probed side by side.
+        keys: ``obsm`` keys to audit; default :func:`default_keys`.
+        group_column: ``obs`` column naming each row's patient; default: each row is a patient.
+        alpha: Significance level (Bonferroni over the two probes of a column).
+        max_excess: Largest tolerated balanced accuracy above chance.
+        n_permutations: Permutations of the p-values.
+        n_folds: Folds of the linear probe.
+        k: Neighbours of the kNN probe and of the batch metrics.
+        seed: Seed of the folds, permutations and samples.
+        ridge: Ridge penalty per training row (standardised features).
+        min_groups: Classes held by fewer patients are left out of a column's probes; default ``max(2, n_folds)``.
+        fail_on_red_flag: A red flag also fails the audit.
+        source: The input's name, for messages.
+
+    Returns:
+        A JSON-safe dict: ``settings``, ``input``, ``keys`` (one entry per key), ``verdicts`` (table rows),
+        ``verdict`` (``pass``/``fail``), ``red_flags``, ``artifacts`` (``None``).
+
+    Raises:
+        InputError: unknown columns or keys, bad settings, a column that cannot be probed at all.
+    """
+    _check_settings(alpha, max_excess, n_permutations, n_folds, k)
+    _check_columns(adata, columns, label, group_column, source)
+    available = [str(key) for key in adata.obsm]
+    keys = list(keys) if keys else default_keys(adata)
+    if not keys:
+        raise InputError(f"{source} has no embedding in obsm (keys X_fused, X_<modality>); write it with "
+                         "`biossl embed`")
+    for key in keys:
+        if key not in adata.obsm:
+            raise InputError(f"embedding {key!r} is not in the obsm of {source}; available: "
+                             f"{', '.join(available) or 'none'}")
+    min_groups = max(2, n_folds) if min_groups is None else min_groups
+    groups = _groups(adata, group_column)
+    n_groups = len(set(groups))
+    if n_groups < n_folds:
+        raise InputError(f"{source} holds {n_groups} patients, fewer than --folds {n_folds}; use --folds "
+                         f"{max(2, n_groups)} or fewer")
+    for col in [*columns, *([label] if label else [])]:  # testable at all? (raises with the reason)
+        prepare_column(adata.obs[col].to_numpy(), groups, column=col, min_groups=min_groups, where=source,
+                       allow_varying=col == label, log=False)
+    settings = {"alpha": alpha, "max_excess": max_excess, "n_permutations": n_permutations, "n_folds": n_folds, "k": k,
+                "seed": seed, "ridge": ridge, "min_groups": min_groups, "group_column": group_column,
+                "fail_on_red_flag": fail_on_red_flag}
+    per_key = []
+    for key in keys:
+        logger.info("auditing %s for %s%s", key, ", ".join(columns), f" (label {label})" if label else "")
+        per_key.append(_audit_key(adata, key, groups, columns, label, settings))
+    verdicts, red_flags = [], []
+    for entry in per_key:
+        for col, res in entry["columns"].items():
+            if res["verdict"] == NOT_TESTED:
+                verdicts.append({"key": entry["key"], "column": col, "role": res["role"], "probe": "-",
+                                 "balanced_accuracy": None, "chance": None, "p_value": None,
+                                 "verdict": NOT_TESTED, "n_rows": 0})
+                continue
+            for p in _PROBES:
+                verdicts.append({"key": entry["key"], "column": col, "role": res["role"], "probe": p,
+                                 "balanced_accuracy": res[p]["balanced_accuracy"], "chance": res[p]["chance"],
+                                 "p_value": res[p]["p_value"], "verdict": res[p]["verdict"], "n_rows": res["n_rows"]})
+            if res.get("red_flag"):
+                red_flags.append({"key": entry["key"], "column": col, "excess": res["max_excess"],
+                                  "label_excess": entry["columns"][label]["max_excess"] if label else None})
+    failed = any(v["verdict"] == FAIL for v in verdicts) or (fail_on_red_flag and bool(red_flags))
+    uns = adata.uns.get("biossl")
+    result = {
+        "biossl_version": __version__, "settings": settings, "columns": list(columns), "label": label,
+        "input": {"source": source, "n_rows": int(adata.n_obs), "n_patients": n_groups,
+                  "provenance": uns if isinstance(uns, dict) else {}},
+        "keys": per_key, "verdicts": verdicts, "red_flags": red_flags, "verdict": FAIL if failed else PASS,
+        "artifacts": None,
+    }
+    return jsonable(result)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays made plain and NaN/inf as ``None`` (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def exit_code(result: dict[str, Any]) -> int:
+    """0 when the audit passes, 1 when it fails."""
+    return 1 if result["verdict"] == FAIL else 0
+
+
+def write_audit(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``out_dir/audit.json`` and ``out_dir/report.html`` atomically; return their paths."""
+    from biossl.audit.report import render_html
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out / "audit.json", out / "report.html"
+    write_text_atomic(json_path, json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(html_path, render_html(result))
+    return json_path, html_path
+
+
+__all__ = ["FAIL", "NOT_TESTED", "PASS", "audit_embeddings", "default_keys", "exit_code", "jsonable", "write_audit"]

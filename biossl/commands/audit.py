@@ -1,0 +1,143 @@
+"""``biossl audit``: do the embeddings encode the biology, or the site, the scanner and the batch.
+
+    biossl audit --embeddings emb.h5ad --columns site,scanner [--label subtype] --out audit/
+    biossl audit --checkpoint last.ckpt --manifest manifest.csv --labels labels.csv --columns site --out audit/
+    biossl audit --checkpoint last.ckpt --manifest manifest.csv --columns site --artifacts --out audit/
+
+Writes ``<out>/audit.json`` and a self-contained ``<out>/report.html``, prints the verdict table, and
+exits 0 when every audited column passes, 1 when one fails (so an audit can gate a pipeline), 2 on
+bad input. See :mod:`biossl.audit.run` for what is measured and how the verdict is reached. With
+``--artifacts`` the synthetic artifact probes of :mod:`biossl.audit.artifacts` run too (they
+inform, they never change the verdict) and the report draws their drift curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the verb's arguments."""
+    src = parser.add_argument_group("input (--embeddings, or --checkpoint with --manifest)")
+    src.add_argument("--embeddings", type=Path, default=None, metavar="H5AD",
+                     help="embeddings from `biossl embed` (with --artifacts, --checkpoint may come too)")
+    src.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
+                     help="embed the cohort of --manifest with this pretraining checkpoint first")
+    src.add_argument("--manifest", type=Path, default=None, metavar="MANIFEST",
+                     help="cohort manifest (with --checkpoint)")
+    src.add_argument("--labels", type=Path, default=None, metavar="CSV",
+                     help="per-patient labels table; its columns join obs (labelled patients absent from the "
+                          "embeddings are dropped with a warning)")
+    src.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
+                     help="tile coordinates and scan cache for --checkpoint (default: the pretraining run's)")
+    src.add_argument("--artifacts", action="store_true",
+                     help="also run the synthetic artifact probes (drift, detectability, stability; --checkpoint)")
+    parser.add_argument("--columns", type=_names, required=True, metavar="COL[,COL...]",
+                        help="obs columns to audit, e.g. site,scanner,batch")
+    parser.add_argument("--label", default=None, metavar="COL", help="biology label column probed side by side")
+    parser.add_argument("--keys", type=_names, default=None, metavar="KEY[,KEY...]",
+                        help="obsm embeddings to audit (default: X_fused and every X_<modality>)")
+    parser.add_argument("--group-column", default=None, metavar="COL",
+                        help="obs column naming each row's patient when rows are tiles or cells (default: one row per "
+                             "patient)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (Bonferroni over 2 probes; 0.05)")
+    parser.add_argument("--max-excess", type=float, default=0.10,
+                        help="largest tolerated balanced accuracy above chance (default 0.10)")
+    parser.add_argument("--permutations", type=int, default=1000, metavar="B", help="permutations per p-value (1000)")
+    parser.add_argument("--folds", type=int, default=5, help="folds of the linear probe (default 5)")
+    parser.add_argument("--k", type=int, default=15, help="neighbours of the kNN probe and mixing metrics (15)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of folds, permutations and samples (default 0)")
+    parser.add_argument("--fail-on-red-flag", action="store_true",
+                        help="also fail when a column is easier to predict than --label")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes DIR/audit.json, DIR/report.html")
+    parser.add_argument("--pseudonymize", action="store_true",
+                        help="write patient IDs in audit.json and report.html as HMAC-SHA256 pseudonyms")
+    parser.add_argument("--salt-file", type=Path, default=None, metavar="FILE",
+                        help="file holding the secret salt of --pseudonymize (default: $BIOSSL_SALT)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the audit, write the JSON and the report, print the verdict table; 0 pass, 1 fail."""
+    from biossl.audit.report import format_verdicts
+    from biossl.audit.run import audit_embeddings, exit_code, write_audit
+    from biossl.errors import InputError
+    from biossl.privacy import read_salt
+
+    if args.salt_file is not None and not args.pseudonymize:
+        raise InputError("--salt-file only applies with --pseudonymize; add it or drop --salt-file")
+    salt = read_salt(args.salt_file) if args.pseudonymize else None
+    if args.embeddings is None and args.checkpoint is None:
+        raise InputError("give either --embeddings H5AD or --checkpoint CKPT with --manifest MANIFEST")
+    if args.embeddings is not None and args.checkpoint is not None and not args.artifacts:
+        raise InputError("give either --embeddings H5AD or --checkpoint CKPT with --manifest MANIFEST, not both "
+                         "(both only with --artifacts: the embeddings are audited, the checkpoint re-embeds corrupted "
+                         "inputs)")
+    if args.artifacts and args.checkpoint is None:
+        raise InputError("--artifacts corrupts the cohort's inputs and re-embeds them: it needs --checkpoint and "
+                         "--manifest")
+    if args.checkpoint is not None and args.manifest is None:
+        raise InputError("--checkpoint needs --manifest (the cohort to embed)")
+    if args.embeddings is None:
+        from biossl.downstream.embed import embed_cohort
+
+        adata = embed_cohort(args.checkpoint, args.manifest, labels=args.labels, work_dir=args.work_dir,
+                             seed=args.seed)
+        source = f"the embeddings of {args.manifest} by {args.checkpoint}"
+    else:
+        if args.checkpoint is None and args.manifest is not None:
+            raise InputError("--manifest goes with --checkpoint; the embeddings from `biossl embed` already hold the "
+                             "manifest metadata")
+        from biossl.downstream.embed import read_embeddings
+
+        adata = read_embeddings(args.embeddings)
+        source = str(args.embeddings)
+        if args.labels is not None:
+            _join_labels(adata, args.labels, args.embeddings)
+    result = audit_embeddings(adata, args.columns, label=args.label, keys=args.keys, group_column=args.group_column,
+                              alpha=args.alpha, max_excess=args.max_excess, n_permutations=args.permutations,
+                              n_folds=args.folds, k=args.k, seed=args.seed, fail_on_red_flag=args.fail_on_red_flag,
+                              source=source)
+    if args.artifacts:
+        from biossl.audit.artifacts import artifact_audit_from_checkpoint
+
+        assert args.manifest is not None  # checked above (--artifacts needs --checkpoint, which needs --manifest)
+
+        result["artifacts"] = artifact_audit_from_checkpoint(
+            args.checkpoint, args.manifest, labels=args.labels,
+            label_column=args.label if args.labels is not None else None, work_dir=args.work_dir, seed=args.seed)
+    if salt is not None:
+        from biossl.privacy import pseudonymize_record
+
+        result = pseudonymize_record(result, [str(p) for p in adata.obs_names], salt)
+        result["pseudonymized"] = "patient IDs replaced by HMAC-SHA256 pseudonyms (biossl.privacy)"
+    json_path, html_path = write_audit(result, args.out)
+    print(format_verdicts(result))
+    print(f"wrote {json_path} and {html_path}")
+    return exit_code(result)
+
+
+def _join_labels(adata: Any, labels: Path, embeddings: Path) -> None:
+    """Add the labels table's columns to ``adata.obs`` (a column already there must hold the same values)."""
+    import pandas as pd
+
+    from biossl.data.labels import read_labels
+    from biossl.errors import InputError
+
+    patients = [str(p) for p in adata.obs_names]
+    table = read_labels(labels, patients=patients, patients_from=f"the embeddings {embeddings}", unknown="drop")
+    for col in table.columns:
+        values = table[col].reindex(patients)
+        if col in adata.obs.columns:
+            old = adata.obs[col].astype(object).where(adata.obs[col].notna(), None).astype(str).tolist()
+            new = values.astype(object).where(values.notna(), None).astype(str).tolist()
+            if old != new:
+                raise InputError(f"labels table {labels}: column {col!r} is already in {embeddings} with other values; "
+                                 "rename it in the labels table")
+            continue
+        adata.obs[col] = pd.Series(values.to_numpy(), index=adata.obs_names).astype(object)
