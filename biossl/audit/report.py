@@ -71,11 +71,12 @@ def _img(fig: Figure, alt: str) -> str:
 
 def format_verdicts(result: dict[str, Any]) -> str:
     """The verdict table as aligned text (what ``biossl audit`` prints)."""
-    head = ("embedding", "column", "role", "probe", "bal. acc.", "chance", "p", "verdict")
+    head = ("embedding", "column", "role", "probe", "bal. acc.", "chance", "null mean", "p", "verdict")
     rows = [head]
     for v in result["verdicts"]:
         rows.append((v["key"], v["column"], v["role"], v["probe"], _num(v["balanced_accuracy"]), _num(v["chance"]),
-                     _p(v["p_value"]), v["verdict"].upper() if v["verdict"] == "fail" else v["verdict"]))
+                     _num(v.get("null_mean")), _p(v["p_value"]),
+                     v["verdict"].upper() if v["verdict"] == "fail" else v["verdict"]))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -151,9 +152,10 @@ def _verdict_table(result: dict[str, Any]) -> str:
             f'<tr class="verdict-row row-{cls}" data-column="{_e(v["column"])}"><td>{_e(v["key"])}</td>'
             f'<td>{_e(v["column"])}</td><td>{_e(v["role"])}</td><td>{_e(v["probe"])}</td>'
             f'<td class="num">{_num(v["balanced_accuracy"])}</td><td class="num">{_num(v["chance"])}</td>'
-            f'<td class="num">{_p(v["p_value"])}</td><td><span class="badge {cls}">{_e(v["verdict"])}</span></td></tr>')
+            f'<td class="num">{_num(v.get("null_mean"))}</td><td class="num">{_p(v["p_value"])}</td>'
+            f'<td><span class="badge {cls}">{_e(v["verdict"])}</span></td></tr>')
     return ('<table id="verdicts"><tr><th>embedding</th><th>column</th><th>role</th><th>probe</th>'
-            "<th>balanced accuracy</th><th>chance</th><th>p (permutation)</th><th>verdict</th></tr>"
+            "<th>balanced accuracy</th><th>chance</th><th>null mean</th><th>p (permutation)</th><th>verdict</th></tr>"
             + "".join(rows) + "</table>")
 
 
@@ -300,7 +302,10 @@ def render_html(result: dict[str, Any]) -> str:
     method = (f"Each column is predicted from the embeddings by a linear probe ({s['n_folds']}-fold, patients never "
               f"split across folds) and a k-nearest-neighbour probe (k = {s['k']}, neighbours from other patients "
               f"only). Balanced accuracy is compared with chance (1 / number of values), and the p-value with "
-              f"{s['n_permutations']} permutations of the column across patients. A probe fails when p × 2 &lt; "
+              f"{s['n_permutations']} permutations of the column across patients; \"null mean\" is the probe's mean "
+              f"balanced accuracy over those permutations, the level it reaches on this data by chance (below 1 / "
+              f"number of values for a kNN probe on few patients, which is why a kNN score can sit far below chance "
+              f"on a small cohort). A probe fails when p × 2 &lt; "
               f"{s['alpha']} and balanced accuracy exceeds chance by more than {s['max_excess']}.")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>biossl audit: {_e(verdict)}</title><style>{_CSS}</style></head>

@@ -280,13 +280,14 @@ def audit_embeddings(
         for col, res in entry["columns"].items():
             if res["verdict"] == NOT_TESTED:
                 verdicts.append({"key": entry["key"], "column": col, "role": res["role"], "probe": "-",
-                                 "balanced_accuracy": None, "chance": None, "p_value": None,
+                                 "balanced_accuracy": None, "chance": None, "null_mean": None, "p_value": None,
                                  "verdict": NOT_TESTED, "n_rows": 0})
                 continue
             for p in _PROBES:
                 verdicts.append({"key": entry["key"], "column": col, "role": res["role"], "probe": p,
                                  "balanced_accuracy": res[p]["balanced_accuracy"], "chance": res[p]["chance"],
-                                 "p_value": res[p]["p_value"], "verdict": res[p]["verdict"], "n_rows": res["n_rows"]})
+                                 "null_mean": res[p].get("null_mean"), "p_value": res[p]["p_value"],
+                                 "verdict": res[p]["verdict"], "n_rows": res["n_rows"]})
             if res.get("red_flag"):
                 red_flags.append({"key": entry["key"], "column": col, "excess": res["max_excess"],
                                   "label_excess": entry["columns"][label]["max_excess"] if label else None})

@@ -92,9 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--survival-loss", choices=("cox", "discrete"), default="cox",
                         help="Cox partial likelihood (default) or discrete-time NLL over --bins time bins")
     parser.add_argument("--bins", type=int, default=4, help="time bins of the discrete-time head (default 4)")
-    parser.add_argument("--l2", type=float, default=None,
+    parser.add_argument("--l2", default=None, metavar="L2",
                         help=f"L2 penalty of the probe (default {DEFAULT_L2['subtype']} subtype, "
-                             f"{DEFAULT_L2['survival']} survival)")
+                             f"{DEFAULT_L2['survival']} survival); 'auto' or a list L,L,... chooses one per training "
+                             "fold by an inner 3-fold CV on its training patients (auto: 1e-4 ... 10)")
     parser.add_argument("--baseline-features", type=Path, default=None, metavar="TABLE",
                         help="raw features (expression table: CSV/TSV/Parquet/h5ad) for the PCA baseline")
     parser.add_argument("--baseline-components", type=int, default=16, help="PCA components of the baseline")
@@ -178,6 +179,24 @@ def _probe_features(path: Path, key: str) -> tuple[Any, dict[str, Any], list[str
             **{k: str(provenance[k]) for k in ("checkpoint", "data_fingerprint", "cohort_fingerprint")
                if k in provenance}}
     return frame, info, patients
+
+
+def _l2(text: str | None, task: str) -> float | list[float]:
+    """``--l2``: the task's default, one penalty, ``auto`` (the grid of inner CV) or a list to choose from."""
+    from biossl.downstream.methods import L2_GRID
+    from biossl.errors import InputError
+
+    if text is None:
+        return DEFAULT_L2[task]
+    if text.strip().lower() == "auto":
+        return list(L2_GRID)
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--l2 {text!r}: give a number, a comma-separated list of numbers, or auto") from None
+    if not values or any(not v >= 0 for v in values):
+        raise InputError(f"--l2 {text!r}: penalties must be numbers >= 0")
+    return values[0] if len(values) == 1 else values
 
 
 def _salt(args: argparse.Namespace) -> bytes | None:
@@ -365,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
             inputs["embeddings"] = {"computed_from": args.checkpoint.name, "obsm": args.embedding,
                                     "draw": "epoch 0 with --seed, as `biossl embed`"}
         known |= set(patients)
-        l2 = DEFAULT_L2[args.task] if args.l2 is None else args.l2
+        l2 = _l2(args.l2, args.task)
         probe_kw: dict[str, Any] = dict(hidden=None if args.head == "linear" else args.hidden,
                                         survival_loss=args.survival_loss, n_bins=args.bins, l2=l2)
         methods.append(LinearProbe(features, name=probe_name, **probe_kw))

@@ -178,6 +178,12 @@ def _lbfgs(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l
         return float(value())
 
 
+#: Inner folds that choose the probe's L2 penalty from a grid (``--l2 auto``).
+INNER_FOLDS = 3
+#: The grid of ``--l2 auto``.
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
 class LinearProbe:
     """A head on frozen features: standardised per training fold, fitted by :func:`fit_head`.
 
@@ -188,7 +194,11 @@ class LinearProbe:
         survival_loss: ``"cox"`` (:class:`~biossl.downstream.heads.CoxHead`) or ``"discrete"``
             (:class:`~biossl.downstream.heads.DiscreteTimeHead`).
         n_bins: Time bins of the discrete-time head (quantiles of the training fold's event times).
-        l2: L2 penalty on the weights (the loss is a mean per patient, or per event for Cox).
+        l2: L2 penalty on the weights (the loss is a mean per patient, or per event for Cox); or a grid
+            of penalties, one of which is chosen in each training fold by an inner cross-validation
+            on that fold's training patients only (:data:`INNER_FOLDS` folds stratified by class or
+            event; the penalty with the best mean macro AUROC or c-index, ties to the larger one),
+            then refitted on all of them. The chosen penalty is reported per fold.
         balanced: Weight subtype classes by inverse training frequency.
         semi_supervised: Self-train on the unlabelled patients with pseudo-labels (subtype only; see
             the module docstring).
@@ -198,13 +208,17 @@ class LinearProbe:
     """
 
     def __init__(self, features: pd.DataFrame, *, name: str = "linear_probe", hidden: int | None = None,
-                 survival_loss: SurvivalLoss = "cox", n_bins: int = 4, l2: float = 1e-2,
+                 survival_loss: SurvivalLoss = "cox", n_bins: int = 4, l2: float | Sequence[float] = 1e-2,
                  balanced: bool = True, max_iter: int = 500, semi_supervised: bool = False,
                  pseudo_threshold: float = 0.95, pseudo_weight: float = 1.0, pseudo_rounds: int = 3) -> None:
         if survival_loss not in ("cox", "discrete"):
             raise InputError(f"survival loss must be 'cox' or 'discrete', not {survival_loss!r}")
         self.features, self.name, self.hidden = features, name, hidden
-        self.survival_loss, self.n_bins, self.l2 = survival_loss, n_bins, l2
+        grid = [float(v) for v in l2] if isinstance(l2, Sequence) else [float(l2)]
+        if not grid or any(not v >= 0 for v in grid):
+            raise InputError(f"the probe's L2 penalties must be >= 0; got {l2}")
+        self.l2_grid = sorted(set(grid))
+        self.survival_loss, self.n_bins, self.l2 = survival_loss, n_bins, self.l2_grid[0]
         self.balanced, self.max_iter = balanced, max_iter
         self.semi_supervised, self.pseudo_threshold = semi_supervised, pseudo_threshold
         self.pseudo_weight, self.pseudo_rounds = pseudo_weight, pseudo_rounds
@@ -219,7 +233,10 @@ class LinearProbe:
         """Settings for the report."""
         return {"method": "linear probe on frozen features" if self.hidden is None else "MLP probe on frozen "
                 "features", "head": "linear" if self.hidden is None else f"mlp({self.hidden})",
-                "survival_loss": self.survival_loss, "n_bins": self.n_bins, "l2": self.l2,
+                "survival_loss": self.survival_loss, "n_bins": self.n_bins,
+                "l2": self.l2 if len(self.l2_grid) == 1 else {
+                    "grid": self.l2_grid, "selection": f"inner {INNER_FOLDS}-fold CV on each training fold "
+                    "(macro AUROC / c-index), refit on the whole training fold"},
                 "class_weight": "balanced" if self.balanced else "none", "optimiser": "L-BFGS, full batch",
                 "n_features": int(self.features.shape[1]),
                 **({"semi_supervised": {"loss": "PseudoLabelLoss (self-training)", "threshold": self.pseudo_threshold,
@@ -235,22 +252,55 @@ class LinearProbe:
                     unlabelled: Sequence[str] = ()) -> np.ndarray:
         """Standardise on ``train``, fit the head (then self-train on ``unlabelled`` if asked), predict ``test``."""
         x = self.features.loc[task.patients].to_numpy(dtype=np.float64)
-        x_train, x_test = standardise(x[train], x[test])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            head = self.build_head(task, train).double()
-        fit_head(head, torch.from_numpy(x_train), task.target(train), l2=self.l2, max_iter=self.max_iter)
         self.last_fit = {}
+        l2 = self.l2
+        if len(self.l2_grid) > 1:
+            l2, scores = self._select_l2(task, x, train, seed)
+            self.last_fit = {"l2": l2, "inner_cv": scores}
+        x_train, x_test = standardise(x[train], x[test])
+        head = self._fit(task, x_train, train, l2, seed)
         if self.semi_supervised:
             if task.kind != "subtype":
                 raise InputError(SURVIVAL_PSEUDO_LABELS)
             pool = [p for p in dict.fromkeys(unlabelled) if p in self.features.index]
             raw = self.features.loc[pool].to_numpy(dtype=np.float64) if pool else np.zeros((0, x.shape[1]))
             _, x_pool = standardise(x[train], raw)
-            self.last_fit = self._self_train(head, torch.from_numpy(x_train), task.target(train),
-                                             torch.from_numpy(x_pool))
+            self.last_fit.update(self._self_train(head, torch.from_numpy(x_train), task.target(train),
+                                                  torch.from_numpy(x_pool)))
         with torch.no_grad():
             return head.predict(head(torch.from_numpy(x_test)))
+
+    def _fit(self, task: Task, x_train: np.ndarray, train: np.ndarray, l2: float, seed: int) -> Head:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = self.build_head(task, train).double()
+        fit_head(head, torch.from_numpy(x_train), task.target(train), l2=l2, max_iter=self.max_iter)
+        return head
+
+    def _select_l2(self, task: Task, x: np.ndarray, train: np.ndarray, seed: int) -> tuple[float, dict[str, float]]:
+        """The grid's penalty with the best inner-CV score on the training patients (see the class docstring)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        strata = task.strata().to_numpy()[train]
+        n_splits = min(INNER_FOLDS, int(pd.Series(strata).value_counts().min()))
+        if n_splits < 2:
+            logger.warning("%s: a class (or the events) of a training fold has fewer than 2 patients; no inner CV, "
+                           "L2 %g used", self.name, self.l2_grid[len(self.l2_grid) // 2])
+            return self.l2_grid[len(self.l2_grid) // 2], {}
+        metric = "c_index" if task.kind == "survival" else "macro_auroc"
+        folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(train)), strata))
+        scores: dict[str, float] = {}
+        for l2 in self.l2_grid:
+            values = []
+            for inner_train, inner_val in folds:
+                a, b = train[inner_train], train[inner_val]
+                xa, xb = standardise(x[a], x[b])
+                head = self._fit(task, xa, a, l2, seed)
+                with torch.no_grad():
+                    values.append(task.score(b, head.predict(head(torch.from_numpy(xb))))[metric])
+            scores[f"{l2:g}"] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+        best = max(self.l2_grid, key=lambda v: (np.nan_to_num(scores[f"{v:g}"], nan=-np.inf), v))
+        return best, scores
 
     def _self_train(self, head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor],
                     x_pool: torch.Tensor) -> dict[str, Any]:
@@ -267,7 +317,7 @@ class LinearProbe:
             def term(weak: torch.Tensor = weak) -> torch.Tensor:
                 return pseudo(head(x_pool), none, weak)
 
-            fit_head(head, x, target, l2=self.l2, max_iter=self.max_iter, extra=term)
+            fit_head(head, x, target, l2=self.last_fit.get("l2", self.l2), max_iter=self.max_iter, extra=term)
             with torch.no_grad():
                 pseudo(head(x_pool), none, weak)
             used.append(float(pseudo.diagnostics["pseudo_label/used_fraction"]))

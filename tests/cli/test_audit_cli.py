@@ -86,7 +86,10 @@ def test_audit_of_the_demo_embeddings(embedded: Path, tmp_path: Path, capsys: py
     assert fused["columns"]["site"]["dropped_classes"]["SX"] == 1
     assert fused["columns"]["subtype"]["verdict"] == "label"
     assert result["keys"][3]["dropped_no_embedding"] == 3  # 21 of 24 patients have expression
-    assert "X_fused" in out and "audit verdict:" in out
+    assert "X_fused" in out and "audit verdict:" in out and "null mean" in out
+    # The kNN probe on a few patients sits below 1 / classes by chance: the table shows its null mean beside it.
+    knn = next(v for v in result["verdicts"] if v["key"] == "X_fused" and v["column"] == "site" and v["probe"] == "knn")
+    assert knn["null_mean"] is not None and knn["null_mean"] < knn["chance"]
 
 
 @pytest.mark.integration
