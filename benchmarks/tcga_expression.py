@@ -106,9 +106,13 @@ def main() -> None:
                         help="biossl finetune --mode: probe (default), or e.g. probe,finetune,scratch")
     parser.add_argument("--finetune-arg", action="append", default=[], metavar="ARG",
                         help="extra `biossl finetune` argument for every task, e.g. --finetune-arg=--l2=1.0")
+    parser.add_argument("--group-by", default=None, metavar="COL",
+                        help="site-preserving folds: 5 folds made with `biossl finetune --group-by COL` (e.g. site) "
+                             "for every task, instead of PORPOISE's survival folds; results in <work>/results_by_COL")
     args = parser.parse_args()
     work = args.work.resolve()
-    (work / "results").mkdir(parents=True, exist_ok=True)
+    results = work / ("results" if args.group_by is None else f"results_by_{args.group_by}")
+    results.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
     tables = write_inputs(args.data.resolve(), work)
     if args.modes != "probe":  # fine-tuning and scratch train the checkpoint's encoders on the cohort
@@ -131,11 +135,12 @@ def main() -> None:
 
     survival = []
     for cancer in CANCERS:
-        out = work / "results" / f"survival_{cancer}.json"
+        out = results / f"survival_{cancer}.json"
         table = args.data.resolve() / "tcga_porpoise" / f"tcga_{cancer}_all_clean.csv.zip"
         splits = args.data.resolve() / "tcga_porpoise" / "splits" / "5foldcv" / f"tcga_{cancer}"
+        folds = ["--splits", str(splits)] if args.group_by is None else ["--folds", "5", "--group-by", args.group_by]
         run(["finetune", "--embeddings", str(emb), "--embedding", "X_expression", "--labels",
-             str(work / f"labels_{cancer}.csv"), "--task", "survival", "--splits", str(splits),
+             str(work / f"labels_{cancer}.csv"), "--task", "survival", *folds,
              "--baseline-features", str(table), "--out", str(out), *args.finetune_arg],
             work / "logs" / f"survival_{cancer}.log")
         survival.append((cancer, json.loads(out.read_text())))
@@ -147,14 +152,16 @@ def main() -> None:
         labels = labels[labels["oncotree_code"].isin(counts[counts >= 10].index)]  # classes with >= 10 patients
         path = work / f"labels_subtype_{name}.csv"
         labels.to_csv(path, index=False)
-        out = work / "results" / f"subtype_{name}.json"
+        out = results / f"subtype_{name}.json"
         baseline = combined_table(args.data.resolve(), cancers, work)
         argv = ["finetune", "--embeddings", str(emb), "--embedding", "X_expression", "--labels", str(path),
                 "--task", "subtype", "--label-column", "oncotree_code", "--folds", "5",
+                *([] if args.group_by is None else ["--group-by", args.group_by]),
                 "--baseline-features", str(baseline), "--out", str(out), *args.finetune_arg]
         run(argv, work / "logs" / f"subtype_{name}.log")
         subtype.append((name, len(labels), dict(counts[counts >= 10]), json.loads(out.read_text())))
-    print_summary(survival, subtype, args.data.resolve())
+    print_summary(survival, subtype, args.data.resolve(),
+                  folds="PORPOISE 5 folds" if args.group_by is None else f"5 {args.group_by}-preserving folds")
 
 
 def _metric(result: dict, method: str, key: str) -> str:
@@ -165,10 +172,10 @@ def _metric(result: dict, method: str, key: str) -> str:
     return f"{s['mean']:.3f} ± {s['sd']:.3f}" if s.get("sd") is not None else f"{s['mean']:.3f}"
 
 
-def print_summary(survival: list, subtype: list, data: Path) -> None:
+def print_summary(survival: list, subtype: list, data: Path, folds: str = "PORPOISE 5 folds") -> None:
     """One table per benchmark, a column per method that ran (probe, finetune, scratch, PCA baseline)."""
     methods = list(survival[0][1]["methods"]) if survival else []
-    print("\nSurvival (c-index, PORPOISE 5 folds, mean ± sd)")
+    print(f"\nSurvival (c-index, {folds}, mean ± sd)")
     print("| cancer | patients | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
     for cancer, res in survival:
@@ -178,7 +185,8 @@ def print_summary(survival: list, subtype: list, data: Path) -> None:
     if mcat.is_dir():
         print(f"(MCAT's published BLCA results: {mcat})")
     methods = list(subtype[0][3]["methods"]) if subtype else []
-    print("\nSubtype (oncotree_code, 5 stratified folds, balanced accuracy / macro AUROC)")
+    sub_folds = "5 stratified folds" if folds.startswith("PORPOISE") else folds
+    print(f"\nSubtype (oncotree_code, {sub_folds}, balanced accuracy / macro AUROC)")
     print("| cohort | patients | classes | " + " | ".join(methods) + " |")
     print("|---|---|---|" + "---|" * len(methods))
     for name, n, classes, res in subtype:
