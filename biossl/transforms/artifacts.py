@@ -139,6 +139,13 @@ def _volumes(x: torch.Tensor) -> None:
         raise ValueError(f"volume artifacts need float patches [..., C, D, H, W]; got {x.dtype} {tuple(x.shape)}")
 
 
+def _strength_of(x: torch.Tensor, strength: float, check_shape: Callable[[torch.Tensor], None]) -> float:
+    """The checked strength, after checking the batch's shape (``_tiles`` / ``_volumes``)."""
+    s = check_strength(strength)
+    check_shape(x)
+    return s
+
+
 def _pixel_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     rows = (torch.arange(h, device=device, dtype=torch.float32) + 0.5)[:, None].expand(h, w)
     cols = (torch.arange(w, device=device, dtype=torch.float32) + 0.5)[None, :].expand(h, w)
@@ -162,8 +169,7 @@ def gaussian_kernel_blur(t: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def blur(x: torch.Tensor, strength: float, generator: Seed = None, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Out-of-focus scan: Gaussian blur of sigma ``3 * strength`` px."""
-    s = check_strength(strength)
-    _tiles(x)
+    s = _strength_of(x, strength, _tiles)
     if s == 0:
         return x.clone()
     return _apply(x, mask, 3, lambda t: gaussian_kernel_blur(t, BLUR_SIGMA * s).clamp(0, 1))
@@ -178,8 +184,7 @@ def jpeg(x: torch.Tensor, strength: float, generator: Seed = None, *, mask: torc
     """Compression: each tile re-encoded as JPEG (Pillow, 4:2:0) at quality ``round(90 - 85 * strength)``."""
     from PIL import Image
 
-    s = check_strength(strength)
-    _tiles(x)
+    s = _strength_of(x, strength, _tiles)
     if s == 0:
         return x.clone()
     quality = jpeg_quality(s)
@@ -200,8 +205,7 @@ def jpeg(x: torch.Tensor, strength: float, generator: Seed = None, *, mask: torc
 def stain(x: torch.Tensor, strength: float, generator: Seed = None, *, mask: torch.Tensor | None = None,
           signature_seed: int = 0) -> torch.Tensor:
     """Stain / colour cast of one site: HED concentrations scaled and shifted along a fixed direction."""
-    s = check_strength(strength)
-    _tiles(x)
+    s = _strength_of(x, strength, _tiles)
     if s == 0:
         return x.clone()
     d = _direction(3, signature_seed)
@@ -290,8 +294,7 @@ def noise(x: torch.Tensor, strength: float, generator: Seed = None, *,
     """Scanner noise: Gaussian noise of sd ``0.2 * strength`` (MONAI ``RandGaussianNoise``)."""
     from monai.transforms import RandGaussianNoise
 
-    s = check_strength(strength)
-    _volumes(x)
+    s = _strength_of(x, strength, _volumes)
     if s == 0:
         return x.clone()
     return _per_patch_monai(x, mask, generator, lambda: RandGaussianNoise(prob=1.0, std=NOISE_STD * s,
@@ -303,8 +306,7 @@ def bias_field(x: torch.Tensor, strength: float, generator: Seed = None, *,
     """MR intensity inhomogeneity: a smooth multiplicative field (MONAI ``RandBiasField``, degree 3)."""
     from monai.transforms import RandBiasField
 
-    s = check_strength(strength)
-    _volumes(x)
+    s = _strength_of(x, strength, _volumes)
     if s == 0:
         return x.clone()
     c = BIAS_COEFF * s
@@ -317,8 +319,7 @@ def ghosting(x: torch.Tensor, strength: float, generator: Seed = None, *,
 
     The k-space centre plane is kept, so mean intensity is kept; ghosts appear at 1/4 field-of-view shifts.
     """
-    s = check_strength(strength)
-    _volumes(x)
+    s = _strength_of(x, strength, _volumes)
     if s == 0:
         return x.clone()
 
@@ -336,8 +337,7 @@ def ghosting(x: torch.Tensor, strength: float, generator: Seed = None, *,
 def resolution(x: torch.Tensor, strength: float, generator: Seed = None, *,
                mask: torch.Tensor | None = None) -> torch.Tensor:
     """Resolution loss: area down-sampling by ``1 + 3 * strength`` per axis, trilinear back to the size."""
-    s = check_strength(strength)
-    _volumes(x)
+    s = _strength_of(x, strength, _volumes)
     if s == 0:
         return x.clone()
 
