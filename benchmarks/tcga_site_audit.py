@@ -84,7 +84,8 @@ def main() -> None:
         table = read_cohort(args.data, cancers)
         obs = table[["site", "oncotree_code"]].astype(str)
         if given is not None:
-            ids = [p for p in table.index if p in set(given.obs_names)]
+            names = set(given.obs_names)
+            ids = [p for p in table.index if p in names]
             obs, emb = obs.loc[ids], np.asarray(given[ids].obsm[args.key], dtype=np.float64)
         else:
             emb = pca_embedding(table)

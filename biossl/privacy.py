@@ -128,16 +128,25 @@ def pseudonymize_record(record: Any, patient_ids: Iterable[str], salt: bytes) ->
 
     An ID is replaced wherever it stands alone or inside a text (a dict key such as a fold assignment's,
     a list of excluded patients, a note "e.g. ['DEMO-05']"), but not inside a longer name
-    (``DEMO-1`` in ``DEMO-10``). For reports (``biossl finetune`` / ``biossl audit --pseudonymize``).
+    (``DEMO-1`` in ``DEMO-10``). For reports (``biossl finetune --pseudonymize``).
+
+    IDs that are already pseudonyms (``psn-...``) stay as they are, so reports of pseudonymised
+    embeddings keep the pseudonyms of the export. Inside a text, only IDs holding a non-digit are
+    replaced (a numeric ID ``5`` would otherwise hit "5 folds"): give this function the parts of a
+    report that hold patients, not the whole report, when IDs may be plain numbers.
     """
-    ids = sorted({str(p) for p in patient_ids}, key=len, reverse=True)
+    ids = sorted({str(p) for p in patient_ids if not str(p).startswith(PREFIX)}, key=len, reverse=True)
     if not ids:
         return record
     mapping = dict(zip(ids, pseudonyms(ids, salt)))
-    pattern = re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, ids)) + r")(?![\w-])")
+    in_text = [i for i in ids if not i.isdigit()]
+    pattern = (re.compile(r"(?<![\w.-])(" + "|".join(map(re.escape, in_text)) + r")(?![\w-])")
+               if in_text else None)
 
     def text(value: str) -> str:
-        return mapping[value] if value in mapping else pattern.sub(lambda m: mapping[m.group(1)], value)
+        if value in mapping:
+            return mapping[value]
+        return pattern.sub(lambda m: mapping[m.group(1)], value) if pattern is not None else value
 
     def walk(value: Any) -> Any:
         if isinstance(value, str):

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from scipy.spatial.distance import pdist
 from torch.utils.data import DataLoader
 
 from biossl.data import keys
@@ -109,16 +110,13 @@ def _encode(module: Any, batch: dict[str, Any], modality: str, entry: dict[str, 
 
 
 def expression_space_of(dataset: Any) -> str:
-    """The value space of a dataset's expression (from ``adata.uns["biossl"]["transform"]`` of its tables)."""
-    from biossl.data.expression import read_expression
+    """The value space of a dataset's expression (the transforms its tables got on reading; nothing re-read)."""
     from biossl.transforms.expression_views import space_for_transform
 
-    cohort = getattr(dataset, "cohort", None)
-    if cohort is None:
+    transforms = getattr(dataset, "expression_transforms", None)
+    if not transforms:
         return "zscore"
-    files = sorted({str(f) for p in dataset.patients for f in cohort.files(p, keys.EXPRESSION)})
-    spaces = {space_for_transform(str(read_expression(f).uns.get("biossl", {}).get("transform", "none")))
-              for f in files}
+    spaces = {space_for_transform(t) for t in transforms.values()}
     if len(spaces) > 1:
         logger.warning("expression tables in different value spaces (%s); artifacts treat all as z-scores", spaces)
     return spaces.pop() if len(spaces) == 1 else "zscore"
@@ -181,7 +179,7 @@ class _Heads:
         self.heads = [_fit(self.clean[tr], y[tr]) for tr, _ in self.folds]  # fitted once, used for every artifact
 
     def score(self, corrupted: np.ndarray) -> dict[str, Any]:
-        from sklearn.metrics import balanced_accuracy_score
+        from biossl.downstream.metrics import balanced_accuracy
 
         if not self.folds:
             return {"stability": None, "stability_note": self.note, "n_labelled": int(len(self.rows))}
@@ -192,8 +190,8 @@ class _Heads:
             pred_clean[te], pred_corr[te] = head.predict(self.clean[te]), head.predict(x_corr[te])
         return {"stability": float(np.mean(pred_clean == pred_corr)), "stability_note": None,
                 "n_labelled": int(len(self.rows)),
-                "accuracy_clean": float(balanced_accuracy_score(self.y, pred_clean.astype(str))),
-                "accuracy_corrupted": float(balanced_accuracy_score(self.y, pred_corr.astype(str)))}
+                "accuracy_clean": balanced_accuracy(self.y, pred_clean.astype(str)),
+                "accuracy_corrupted": balanced_accuracy(self.y, pred_corr.astype(str))}
 
 
 def _finite(value: float) -> float | None:
@@ -288,9 +286,7 @@ def artifact_audit(
                 logger.info("modality %s: %d patient(s) in the cohort, skipped (needs 2)", m, len(order))
             continue
         x_clean = np.stack([clean[m][i] for i in order])
-        diff = x_clean[:, None, :] - x_clean[None, :, :]
-        pair = np.sqrt((diff**2).sum(-1))[np.triu_indices(len(order), 1)]
-        scale = float(np.median(pair))
+        scale = float(np.median(pdist(x_clean)))  # distances between two patients (n x n x d never built)
         label_values = None if labels is None else [labels.get(patients[i]) for i in order]
         heads = _Heads(x_clean, label_values, n_folds=n_folds, seed=seed)
         for name in names[m]:

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from biossl.downstream.methods import standardise
 from biossl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -235,13 +236,6 @@ def group_folds(groups: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return fold_of_group[groups]
 
 
-def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu = train.mean(axis=0)
-    sd = train.std(axis=0)
-    sd[sd < 1e-12] = 1.0
-    return (train - mu) / sd, (test - mu) / sd
-
-
 class LinearProbe:
     """Precomputed fold operators of the grouped ridge probe; :meth:`predict` scores many label vectors at once."""
 
@@ -255,12 +249,12 @@ class LinearProbe:
         x = np.asarray(x, dtype=np.float64)
         for f in range(n_folds):
             te, tr = np.flatnonzero(self.folds == f), np.flatnonzero(self.folds != f)
-            ztr, zte = _standardise(x[tr], x[te])
+            ztr, zte = standardise(x[tr], x[te])
             lam = ridge * len(tr)
             if ztr.shape[1] <= len(tr):
                 m = np.linalg.solve(ztr.T @ ztr + lam * np.eye(ztr.shape[1]), ztr.T)
             else:  # dual form: Zᵀ (Z Zᵀ + λI)⁻¹, the same operator
-                m = ztr.T @ np.linalg.solve(ztr @ ztr.T + lam * np.eye(len(tr)), np.eye(len(tr)))
+                m = np.linalg.solve(ztr @ ztr.T + lam * np.eye(len(tr)), ztr).T  # (K symmetric)
             self.ops.append((te, tr, zte, m))
 
     def predict(self, y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -48,7 +48,7 @@ from biossl import __version__
 from biossl.audit import batch as batch_metrics
 from biossl.audit.probes import RIDGE, Column, KnnProbe, LinearProbe, neighbours, prepare_column, run_probe
 from biossl.errors import InputError
-from biossl.io import write_text_atomic
+from biossl.io import jsonable, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -301,23 +301,6 @@ def audit_embeddings(
         "artifacts": None,
     }
     return jsonable(result)
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with numpy scalars/arrays made plain and NaN/inf as ``None`` (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def exit_code(result: dict[str, Any]) -> int:

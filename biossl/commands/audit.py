@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         from biossl.downstream.embed import embed_cohort
 
         adata = embed_cohort(args.checkpoint, args.manifest, labels=args.labels, work_dir=args.work_dir,
-                             seed=args.seed)
+                             seed=args.seed, unknown_labels="drop")
         source = f"the embeddings of {args.manifest} by {args.checkpoint}"
     else:
         if args.checkpoint is None and args.manifest is not None:
@@ -104,18 +104,23 @@ def run(args: argparse.Namespace) -> int:
                               n_folds=args.folds, k=args.k, seed=args.seed, fail_on_red_flag=args.fail_on_red_flag,
                               source=source)
     if args.artifacts:
-        from biossl.audit.artifacts import artifact_audit_from_checkpoint
+        import pandas as pd
+
+        from biossl.audit.artifacts import artifact_audit
+        from biossl.downstream.embed import open_cohort
+        from biossl.modules.pretrain import PretrainModule
 
         assert args.manifest is not None  # checked above (--artifacts needs --checkpoint, which needs --manifest)
-
-        result["artifacts"] = artifact_audit_from_checkpoint(
-            args.checkpoint, args.manifest, labels=args.labels,
-            label_column=args.label if args.labels is not None else None, work_dir=args.work_dir, seed=args.seed)
-    if salt is not None:
-        from biossl.privacy import pseudonymize_record
-
-        result = pseudonymize_record(result, [str(p) for p in adata.obs_names], salt)
-        result["pseudonymized"] = "patient IDs replaced by HMAC-SHA256 pseudonyms (biossl.privacy)"
+        module = PretrainModule.from_checkpoint(args.checkpoint)
+        dataset, _, _, _ = open_cohort(module, args.checkpoint, args.manifest, work_dir=args.work_dir, seed=args.seed)
+        # Stability uses the biology label as the audited embeddings hold it (from --labels or `biossl embed`).
+        labels = (None if args.label is None or args.label not in adata.obs.columns else
+                  {str(p): (None if pd.isna(v) else v) for p, v in adata.obs[args.label].items()})
+        result["artifacts"] = artifact_audit(module, dataset, labels=labels, seed=args.seed)
+    if salt is not None:  # checked early, so that a missing salt fails before any work
+        # audit.json and report.html hold aggregates only (scores per column, PCA points without names):
+        # no patient ID to replace, which the privacy tests check.
+        result["pseudonymized"] = "the audit holds no patient IDs (aggregates and unnamed points only)"
     json_path, html_path = write_audit(result, args.out)
     print(format_verdicts(result))
     print(f"wrote {json_path} and {html_path}")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -152,19 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"weight of the pseudo-label loss (default {D.pseudo_weight:g})")
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "item"):  # numpy scalars
-        return _json_safe(value.item())
-    return value
-
-
-def _probe_features(path: Path, key: str) -> tuple[Any, dict[str, Any], list[str]]:
+def _probe_features(path: Path, key: str) -> tuple[Any, dict[str, Any], list[str], Any]:
+    """``(features, provenance, patients, obs)`` of one embedding of an ``.h5ad`` (read once)."""
     from biossl.downstream.embed import read_embeddings
     from biossl.downstream.methods import feature_frame
     from biossl.errors import InputError
@@ -178,7 +166,7 @@ def _probe_features(path: Path, key: str) -> tuple[Any, dict[str, Any], list[str
     info = {"file": path.name, "obsm": key,
             **{k: str(provenance[k]) for k in ("checkpoint", "data_fingerprint", "cohort_fingerprint")
                if k in provenance}}
-    return frame, info, patients
+    return frame, info, patients, adata.obs
 
 
 def _l2(text: str | None, task: str) -> float | list[float]:
@@ -207,13 +195,6 @@ def _salt(args: argparse.Namespace) -> bytes | None:
     if args.salt_file is not None and not args.pseudonymize:
         raise InputError("--salt-file only applies with --pseudonymize; add it or drop --salt-file")
     return read_salt(args.salt_file) if args.pseudonymize else None
-
-
-def _obs_column(path: Path, column: str) -> Any:
-    from biossl.downstream.embed import read_embeddings
-
-    obs = read_embeddings(path).obs
-    return obs[column].rename(index=str) if column in obs.columns else None
 
 
 def _groups(column: str, labels: Any, labels_path: Path,
@@ -336,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from biossl.downstream.methods import LinearProbe, Method, PCABaseline, feature_frame
     from biossl.downstream.tasks import subtype_task, survival_task
-    from biossl.io import write_text_atomic
+    from biossl.io import jsonable, write_text_atomic
 
     modes = _modes(args)
     _check_args(args, modes)
@@ -351,6 +332,7 @@ def run(args: argparse.Namespace) -> int:
     known: set[str] = set()
     sources: list[str] = []
     bags = None
+    cohort: Any = None  # the manifest's cohort, when some method reads it
     settings = None
     group_sources: list[tuple[str, Any]] = []
     if {"finetune", "scratch"} & set(modes) or ("probe" in modes and args.embeddings is None):
@@ -371,10 +353,11 @@ def run(args: argparse.Namespace) -> int:
     if "probe" in modes:
         probe_name = f"{'linear' if args.head == 'linear' else 'mlp'}_probe"
         if args.embeddings is not None:
-            features, inputs["embeddings"], patients = _probe_features(args.embeddings, args.embedding)
+            features, inputs["embeddings"], patients, obs = _probe_features(args.embeddings, args.embedding)
             if args.group_by is not None:
                 group_sources.append((f"the embeddings {args.embeddings.name}",
-                                      _obs_column(args.embeddings, args.group_by)))
+                                      obs[args.group_by].rename(index=str) if args.group_by in obs.columns
+                                      else None))
             sources.append(f"the embeddings {args.embeddings}")
         else:
             assert bags is not None
@@ -435,8 +418,9 @@ def run(args: argparse.Namespace) -> int:
                            len(left), reason.split(":", 1)[1], left[:MAX_NAMED])
     groups = None
     if args.group_by is not None:
-        if bags is not None:
-            meta = bags.cohort.metadata
+        cohort = bags.cohort if bags is not None else cohort
+        if cohort is not None:
+            meta = cohort.metadata
             group_sources.append((f"the manifest {args.manifest.name}",
                                   meta[args.group_by] if args.group_by in meta.columns else None))
         groups, inputs["group_by"] = _groups(args.group_by, labels, args.labels, group_sources)
@@ -496,9 +480,13 @@ def run(args: argparse.Namespace) -> int:
     if salt is not None:
         from biossl.privacy import pseudonymize_record
 
-        report = pseudonymize_record(report, known | set(map(str, labels.index)), salt)
+        # Only the sections that hold patients: numbers elsewhere (fractions, seeds, folds) must stay.
+        ids = known | set(map(str, labels.index))
+        for section in ("folds", "excluded", "unlabelled"):
+            if section in report:
+                report[section] = pseudonymize_record(report[section], ids, salt)
         report["pseudonymized"] = "patient IDs replaced by HMAC-SHA256 pseudonyms (biossl.privacy)"
-    write_text_atomic(args.out, json.dumps(_json_safe(report), indent=1) + "\n")
+    write_text_atomic(args.out, json.dumps(jsonable(report), indent=1) + "\n")
     table = summary_table(results, task.metric_names)
     described = task.describe()
     extra = (f", {described['n_events']} events" if "n_events" in described

@@ -200,21 +200,14 @@ def check_resume_checkpoint(ckpt: str | Path) -> None:
         InputError: the file is missing, unreadable (truncated, not a checkpoint, pickled objects), or not
             written by ``biossl pretrain``.
     """
-    from biossl.modules.pretrain import _unreadable_reason
+    from biossl.modules.pretrain import load_checkpoint
 
     if str(ckpt) in ("last", "hpc", "best", "registry"):
         return
-    path = Path(ckpt)
-    if not path.is_file():
-        raise InputError(f"--ckpt_path {path}: no such file; give a checkpoint of the run "
-                         "(<default_root_dir>/checkpoints/*.ckpt), or --ckpt_path last")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any failure of torch.load is one line for the user
-        raise InputError(f"--ckpt_path {path}: cannot resume from it: {_unreadable_reason(exc)}") from None
-    if not isinstance(state, dict) or "biossl" not in state or "state_dict" not in state:
-        raise InputError(f"--ckpt_path {path} is not a checkpoint written by `biossl pretrain`; give one of the "
-                         "run's <default_root_dir>/checkpoints/*.ckpt")
+        load_checkpoint(ckpt, mmap=True)
+    except InputError as exc:
+        raise InputError(f"--ckpt_path {ckpt}: cannot resume from it: {exc}") from None
 
 
 def main(argv: Sequence[str]) -> int:

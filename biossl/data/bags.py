@@ -150,6 +150,7 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
         self._meta = _metadata_records(cohort, self.patients)
         self._tiles: dict[str, list[tuple[Path, int]]] = {}
         self._expr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.expression_transforms: dict[str, str] = {}
         self._seqs: dict[str, np.ndarray] = {}
         self.features_dir = Path(features_dir) if features_dir is not None else None
         #: Width of cached tile features (None when slides are read as pixels).
@@ -207,6 +208,9 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
             for path in self.cohort.files(p, keys.EXPRESSION):
                 if path not in tables:
                     tables[path] = read_expression(path)
+        #: How each table's values were transformed on reading (``uns["biossl"]["transform"]``), by table.
+        self.expression_transforms = {str(path): str(t.uns.get("biossl", {}).get("transform", "none"))
+                                      for path, t in tables.items()}
         if self.vocabulary is None:
             import anndata as ad
 

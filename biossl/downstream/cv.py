@@ -72,9 +72,6 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
     With ``splits``, labelled patients that no fold holds are left out (``excluded["no_fold"]``) and
     split patients without a label or inputs are ignored, both with a warning.
 
-    Returns:
-        ``(task restricted to the folds' patients, split table patient_id, fold)``.
-
     With ``groups`` (patient -> group, e.g. the submitting ``site``; ``group_name`` names it in
     messages), folds are *group-preserving*: every group's patients are in one fold, so no group is
     in both the training and the test patients of any fold. Folds made here are then
@@ -91,8 +88,6 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
             folds, a class in fewer groups than folds, or user splits that share a group between
             training and test patients.
     """
-    if groups is not None:
-        _check_groups(task, groups, group_name)
     if splits is not None:
         where = source or "the split table"
         in_splits = set(map(str, splits[PATIENT_ID]))
@@ -118,7 +113,8 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
             raise InputError(f"fold(s) {empty} of {where} keep no patient with a label and inputs; "
                              "use splits made for these patients, or --folds K")
         table = table.reset_index(drop=True)
-        if groups is not None:
+        if groups is not None:  # only the patients the user's folds score need a group
+            _check_groups(restricted, groups, group_name)
             _check_group_preserving(table, groups, group_name, where)
         return restricted, table
     strata = task.strata()
@@ -138,6 +134,7 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
     stratify = strata if task.kind == "subtype" or len(rare) == 0 else None
     if groups is None:
         return task, make_splits(task.patients, n_splits=n_folds, labels=stratify, seed=seed)
+    _check_groups(task, groups, group_name)
     grouping = {p: str(groups[p]) for p in task.patients}
     n_groups = len(set(grouping.values()))
     if n_groups < n_folds:
@@ -346,8 +343,6 @@ def label_efficiency(task: Task, methods: Sequence[Method], splits: pd.DataFrame
     Raises:
         InputError: a fraction that cannot be applied to some fold (checked before any fit).
     """
-    for fraction in fractions:
-        check_fraction(fraction)
     check_fractions(task, splits, fractions)
     runs: dict[tuple[float, int], dict[str, dict[str, Any]]] = {}
     for fraction in fractions:

@@ -110,10 +110,10 @@ def one_thread_if_small(n_values: int) -> Iterator[None]:
 
 
 def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both arrays standardised with the mean and sd of ``train`` (constant columns: sd taken as 1)."""
+    """Both arrays standardised with the mean and sd of ``train`` (constant columns, sd < 1e-12: sd taken as 1)."""
     mean = train.mean(axis=0)
     std = train.std(axis=0)
-    std[std == 0] = 1.0
+    std[std < 1e-12] = 1.0
     return (train - mean) / std, (test - mean) / std
 
 
@@ -289,16 +289,16 @@ class LinearProbe:
             return self.l2_grid[len(self.l2_grid) // 2], {}
         metric = "c_index" if task.kind == "survival" else "macro_auroc"
         folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(train)), strata))
-        scores: dict[str, float] = {}
-        for l2 in self.l2_grid:
-            values = []
-            for inner_train, inner_val in folds:
-                a, b = train[inner_train], train[inner_val]
-                xa, xb = standardise(x[a], x[b])
+        values: dict[float, list[float]] = {l2: [] for l2 in self.l2_grid}
+        for inner_train, inner_val in folds:
+            a, b = train[inner_train], train[inner_val]
+            xa, xb = standardise(x[a], x[b])  # once per inner fold, shared by the grid
+            for l2 in self.l2_grid:
                 head = self._fit(task, xa, a, l2, seed)
                 with torch.no_grad():
-                    values.append(task.score(b, head.predict(head(torch.from_numpy(xb))))[metric])
-            scores[f"{l2:g}"] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+                    values[l2].append(task.score(b, head.predict(head(torch.from_numpy(xb))))[metric])
+        scores = {f"{l2:g}": float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan")
+                  for l2, v in values.items()}
         best = max(self.l2_grid, key=lambda v: (np.nan_to_num(scores[f"{v:g}"], nan=-np.inf), v))
         return best, scores
 

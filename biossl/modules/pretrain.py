@@ -68,6 +68,36 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
     return " ".join(str(exc).split())[:limit]
 
 
+#: What to do about an unusable checkpoint.
+REDO = "use <run>/checkpoints/last.ckpt of a `biossl pretrain` run"
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a ``biossl pretrain`` checkpoint, every failure one line.
+
+    Raises:
+        InputError: the file is missing, unreadable (truncated, not a checkpoint, pickled objects) or
+            has no ``biossl`` section (not written by ``biossl pretrain``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} not found (no such file); {REDO}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 (truncated zips, foreign pickles, ... raise many types)
+        raise InputError(f"{path} is not a readable checkpoint: {_unreadable_reason(exc)}") from None
+    state = ckpt.get("biossl") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or "modality_specs" not in state:
+        what = ("a plain state_dict" if isinstance(ckpt, dict) and ckpt and all(
+            isinstance(v, torch.Tensor) for v in ckpt.values()) else
+                "a Lightning checkpoint of another model" if isinstance(ckpt, dict) and "state_dict" in ckpt else
+                f"a {type(ckpt).__name__}")
+        raise InputError(f"checkpoint {path} is not a biossl pretraining checkpoint, not a checkpoint written by "
+                         f"`biossl pretrain` (no 'biossl' section: {what}); {REDO}")
+    return ckpt
+
+
 class PretrainModule(pl.LightningModule):
     """Train every present modality jointly.
 
@@ -319,21 +349,8 @@ class PretrainModule(pl.LightningModule):
             InputError: The file is not a usable biossl pretraining checkpoint (see above).
         """
         path = Path(path)
-        redo = "use <run>/checkpoints/last.ckpt of a `biossl pretrain` run"
-        if not path.is_file():
-            raise InputError(f"checkpoint {path} not found; {redo}")
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 (truncated zips, foreign pickles, ... raise many types)
-            raise InputError(f"{path} is not a readable checkpoint: {_unreadable_reason(exc)}") from None
-        state = ckpt.get("biossl") if isinstance(ckpt, dict) else None
-        if not isinstance(state, dict) or "modality_specs" not in state:
-            what = ("a plain state_dict" if isinstance(ckpt, dict) and ckpt and all(
-                isinstance(v, torch.Tensor) for v in ckpt.values()) else
-                    "a Lightning checkpoint of another model" if isinstance(ckpt, dict) and "state_dict" in ckpt else
-                    f"a {type(ckpt).__name__}")
-            raise InputError(f"checkpoint {path} is not a biossl pretraining checkpoint (no 'biossl' section: "
-                             f"{what}); {redo}")
+        ckpt = load_checkpoint(path, map_location=map_location)
+        state = ckpt["biossl"]
         version = str(state.get("version", "unknown"))
         if version.split(".")[0] != __version__.split(".")[0]:
             raise InputError(f"checkpoint {path} was written by biossl {version}, incompatible with this biossl "
@@ -343,13 +360,16 @@ class PretrainModule(pl.LightningModule):
             # LightningCLI adds bookkeeping keys (``_instantiator``, ``_class_path``) the constructor does not take.
             hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
             hparams["modalities"] = state["modality_specs"]
+            # Compiling is a training-time choice: a loaded module runs eagerly (compiled entry points
+            # are bound to this instance, so a deep copy for fine-tuning would train the original).
+            hparams["compile"] = False
             module = cls(**hparams)
             module.data_state = dict(state)
             module.configure_model()
             module.load_state_dict(ckpt["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"checkpoint {path} (biossl {version}) does not rebuild its model "
-                             f"({type(exc).__name__}: {_one_line(exc)}); it may be damaged or edited; {redo}") from None
+                             f"({type(exc).__name__}: {_one_line(exc)}); it may be damaged or edited; {REDO}") from None
         return module
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -62,3 +62,11 @@ def test_pseudonymize_without_a_salt_stops_before_any_work(embedded: Path, demo_
     assert main(["audit", "--embeddings", str(embedded), "--columns", "site", "--pseudonymize",
                  "--out", str(tmp_path / "a")]) == 2
     assert "needs a secret salt" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_numeric_ids_are_not_replaced_inside_text_and_pseudonyms_stay() -> None:
+    salt = SALT.encode()
+    out = pseudonymize_record({"note": "5 folds, seed 1", "patients": ["5", "1"], "psn": "psn-abc"},
+                              ["5", "1", "psn-abc"], salt)
+    assert out["note"] == "5 folds, seed 1"
+    assert out["patients"] == [pseudonym("5", salt), pseudonym("1", salt)] and out["psn"] == "psn-abc"
