@@ -53,6 +53,8 @@ from torch import nn
 
 from biossl.data import keys
 from biossl.data.bags import batch_to, collate_bags
+from biossl.data.features import resolve_device as auto_device
+from biossl.downstream.embed import FUSED
 from biossl.downstream.heads import Head
 from biossl.downstream.methods import SURVIVAL_PSEUDO_LABELS, SurvivalLoss, make_head
 from biossl.downstream.tasks import Task
@@ -61,18 +63,10 @@ from biossl.errors import InputError
 logger = logging.getLogger(__name__)
 
 Mode = Literal["finetune", "scratch"]
-FUSED = "X_fused"
 #: Scratch weights are drawn with this offset added to the fit's seed (so never the pretraining's init).
 SCRATCH_SEED_OFFSET = 10_000
 #: CPU fits on at most this many training patients (labelled + unlabelled) run on one thread.
 SMALL_FIT = 64
-
-
-def auto_device(name: str = "auto") -> torch.device:
-    """``cuda`` when available for ``"auto"``, else the CPU; any other name as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 

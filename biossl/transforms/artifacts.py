@@ -64,8 +64,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biossl.data.keys import NUCLEOTIDES, PAD_TOKEN
+from biossl.data.keys import PAD_TOKEN
+from biossl.data.sequence import N_TOKEN
 from biossl.errors import InputError
+from biossl.transforms.expression_views import SPACES
 from biossl.transforms.stain import hed_to_rgb, rgb_to_hed
 
 Seed = torch.Generator | int | None
@@ -86,8 +88,6 @@ LIBRARY_LOG2_FOLD = 2.0
 DROPOUT_RATE = 0.5
 SUBSTITUTION_RATE = 0.1
 N_RUN_LENGTH, N_RUN_FRACTION = 8, 0.5
-N_TOKEN = NUCLEOTIDES.index("N") + 1
-SPACES = ("log1p", "log2p", "zscore")
 
 
 # -- shared helpers -----------------------------------------------------------------------------

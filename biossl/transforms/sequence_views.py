@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import torch
 
-from biossl.data.keys import MASK_TOKEN, NUCLEOTIDES, PAD_TOKEN
+from biossl.data.keys import MASK_TOKEN, PAD_TOKEN
+from biossl.data.sequence import N_TOKEN
 from biossl.errors import InputError
 from biossl.transforms import Compose, View, check_probability, coin, randint
 
-N_TOKEN = NUCLEOTIDES.index("N") + 1
 #: Complement per token id: PAD, A<->T, C<->G, N, MASK.
 _COMPLEMENT = (PAD_TOKEN, 4, 3, 2, 1, N_TOKEN, MASK_TOKEN)
 
