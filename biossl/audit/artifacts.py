@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,10 +50,9 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.spatial.distance import pdist
-from torch.utils.data import DataLoader
 
 from biossl.data import keys
-from biossl.data.bags import BagSampler, batch_to, collate_bags
+from biossl.downstream.embed import BatchTransform, embed_views
 from biossl.errors import InputError
 from biossl.transforms.artifacts import ARTIFACTS, apply_artifact, check_strength, describe
 
@@ -102,11 +101,9 @@ def _corrupt(entry: dict[str, torch.Tensor], modality: str, artifact: str, stren
     return {**entry, keys.X: x}
 
 
-def _encode(module: Any, batch: dict[str, Any], modality: str, entry: dict[str, torch.Tensor],
-            device: torch.device) -> np.ndarray:
-    sub = {"patient_id": batch["patient_id"], keys.METADATA: batch[keys.METADATA], modality: batch_to(entry, device)}
-    pooled, _, _ = module.encode_batch(sub, with_masked_loss=False)
-    return pooled[modality].float().cpu().numpy()
+def _only(batch: dict[str, Any], modality: str, entry: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The batch with one modality's entry only (so that only its encoder runs)."""
+    return {"patient_id": batch["patient_id"], keys.METADATA: batch[keys.METADATA], modality: entry}
 
 
 def expression_space_of(dataset: Any) -> str:
@@ -247,51 +244,54 @@ def artifact_audit(
     wanted = [m for m in encoded if modalities is None or m in modalities]
     names = _names(artifacts, wanted)
     space = expression_space or (expression_space_of(dataset) if keys.EXPRESSION in wanted else "zscore")
-    device = torch.device(device)
-    module.eval().to(device)
-    n = len(dataset)
-    clean: dict[str, dict[int, np.ndarray]] = {m: {} for m in wanted}
-    corrupt: dict[tuple[str, str, float], dict[int, np.ndarray]] = {}
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=BagSampler(n, shuffle=False, seed=seed),
-                        collate_fn=collate_bags, num_workers=num_workers)
     skipped: set[str] = set()
-    start = 0
-    with torch.no_grad():
-        for batch in loader:
-            indices = list(range(start, start + len(batch["patient_id"])))
-            start += len(indices)
-            for m in wanted:
-                entry = batch.get(m)
-                if entry is None or not names[m]:
-                    continue
-                if m == keys.WSI and entry[keys.X].ndim != 5:
-                    skipped.add(m)  # cached tile features, not pixels
-                    continue
-                rows = np.flatnonzero(entry[keys.PRESENT].numpy())
-                base = _encode(module, batch, m, entry, device)
-                clean[m].update({indices[r]: base[r] for r in rows})
-                for name in names[m]:
-                    for s in strengths:
-                        out = _encode(module, batch, m, _corrupt(entry, m, name, s, indices, seed=seed, space=space),
-                                      device)
-                        corrupt.setdefault((m, name, s), {}).update({indices[r]: out[r] for r in rows})
+
+    def clean_view(m: str) -> BatchTransform:
+        def view(batch: dict[str, Any], indices: list[int]) -> dict[str, Any] | None:
+            entry = batch.get(m)
+            if entry is None:
+                return None
+            if m == keys.WSI and entry[keys.X].ndim != 5:
+                skipped.add(m)  # cached tile features, not pixels
+                return None
+            return _only(batch, m, entry)
+        return view
+
+    def corrupt_view(m: str, name: str, s: float) -> BatchTransform:
+        def view(batch: dict[str, Any], indices: list[int]) -> dict[str, Any] | None:
+            entry = batch.get(m)
+            if entry is None or (m == keys.WSI and entry[keys.X].ndim != 5):
+                return None
+            return _only(batch, m, _corrupt(entry, m, name, s, indices, seed=seed, space=space))
+        return view
+
+    # Each batch is read once; per modality it is encoded clean and once per (artifact, strength).
+    views: dict[Hashable, tuple[Sequence[str], BatchTransform | None]] = {}
+    for m in wanted:
+        if names[m]:
+            views[(m, None, None)] = ([m], clean_view(m))
+            views.update({(m, name, s): ([m], corrupt_view(m, name, s)) for name in names[m] for s in strengths})
+    n = len(dataset)
+    embedded = embed_views(module, dataset, views, fuse=False, batch_size=batch_size, num_workers=num_workers,
+                           seed=seed, device=device)
     if skipped:
         logger.warning("slide bags are cached tile features, not pixels: no tile artifacts (modality wsi skipped)")
     patients = list(getattr(dataset, "patients", range(n)))
     records: list[dict[str, Any]] = []
     for m in wanted:
-        order = sorted(clean[m])
+        emb, has, _ = embedded.get((m, None, None), ({}, {}, None))
+        order = np.flatnonzero(has[m]) if m in has else np.zeros(0, dtype=np.int64)
         if len(order) < 2:
             if m not in skipped:
                 logger.info("modality %s: %d patient(s) in the cohort, skipped (needs 2)", m, len(order))
             continue
-        x_clean = np.stack([clean[m][i] for i in order])
+        x_clean = emb[m][order]
         scale = float(np.median(pdist(x_clean)))  # distances between two patients (n x n x d never built)
         label_values = None if labels is None else [labels.get(patients[i]) for i in order]
         heads = _Heads(x_clean, label_values, n_folds=n_folds, seed=seed)
         for name in names[m]:
             for s in strengths:
-                x_corr = np.stack([corrupt[(m, name, s)][i] for i in order])
+                x_corr = embedded[(m, name, s)][0][m][order]
                 moved = np.linalg.norm(x_corr - x_clean, axis=1)
                 records.append({
                     "modality": m, "artifact": name, "strength": float(s), "parameter": describe(m, name, s),
@@ -303,7 +303,8 @@ def artifact_audit(
                     **heads.score(x_corr),
                 })
     logger.info("artifact audit: %d records (%s) in %.1f s", len(records),
-                ", ".join(m for m in wanted if clean[m]), time.monotonic() - started)
+                ", ".join(m for m in wanted if (m, None, None) in embedded and embedded[(m, None, None)][1][m].any()),
+                time.monotonic() - started)
     return records
 
 

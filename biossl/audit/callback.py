@@ -131,7 +131,7 @@ class NuisanceProbe(pl.Callback):
         return metrics
 
     def _probe(self, dataset: Any, pl_module: pl.LightningModule) -> dict[str, float]:
-        from biossl.audit.probes import prepare_column, probe_column
+        from biossl.audit.probes import ProbeCache, prepare_column
         from biossl.downstream.embed import embed_dataset
 
         modalities = [m for m in keys.MODALITIES if m in getattr(pl_module, "modality_specs", {})]
@@ -150,6 +150,7 @@ class NuisanceProbe(pl.Callback):
             x, rows = inputs[key]
             if rows.sum() < 2 * self.n_folds:
                 continue
+            cache = ProbeCache(x[rows], n_folds=self.n_folds, k=self.k, seed=self.seed)  # shared by the columns
             for column in self.columns:
                 values = meta[column].to_numpy()[rows] if column in meta.columns else None
                 if values is None:
@@ -160,8 +161,7 @@ class NuisanceProbe(pl.Callback):
                 except InputError as exc:
                     self._warn_once(f"col:{column}:{key}", "NuisanceProbe: %s %s skipped: %s", column, key, exc)
                     continue
-                results = probe_column(x[rows], col, n_folds=self.n_folds, k=self.k,
-                                       n_permutations=self.n_permutations, seed=self.seed)
+                results = cache.probe_column(col, n_permutations=self.n_permutations)
                 prefix = f"probe/{column}/{key}"
                 metrics[f"{prefix}/chance"] = 1.0 / col.n_classes
                 for name, result in results.items():

@@ -37,6 +37,10 @@ constant within a group (a biology label may vary, e.g. cell types within a dono
 then move single rows, and its p-value is approximate); classes held by fewer than ``min_groups``
 groups (default: ``max(2, K)``) are dropped with a warning that names them; fewer than 2 classes left
 is an :class:`InputError`.
+
+**Reuse.** Folds, fold operators and neighbour lists depend on the embedding rows, their groups and
+the settings only, so :class:`ProbeCache` builds them once per kept row subset of an embedding and
+every column with those rows shares them (identical results, less work).
 """
 
 from __future__ import annotations
@@ -334,14 +338,74 @@ def run_probe(probe: LinearProbe | KnnProbe, column: Column, *, n_permutations: 
                        null_q95=float(np.quantile(null, 0.95)) if len(null) else float("nan"))
 
 
+class ProbeCache:
+    """The probes of one embedding, built once per subset of its rows and shared by the columns that keep it.
+
+    A probe's fold operators and neighbour lists depend on the embedding rows, their groups and the
+    settings, never on the labels; columns with the same kept rows (the usual case: site, scanner,
+    batch and the biology label over the same patients) share them. A column that drops rows (missing
+    values, dropped classes) gets probes of its own subset. ``built`` counts the probes constructed.
+
+    Args:
+        x: ``[n, d]`` embedding, every input row (a column's ``rows`` index into it).
+        n_folds: Folds of the linear probe.
+        k: Neighbours of the kNN probe.
+        seed: Seed of the folds (and, in :meth:`probe_column`, of the permutations).
+        ridge: Ridge penalty per training row.
+    """
+
+    def __init__(self, x: np.ndarray, *, n_folds: int = 5, k: int = 15, seed: int = 0, ridge: float = RIDGE) -> None:
+        self.x = np.asarray(x, dtype=np.float64)
+        self.n_folds, self.k, self.seed, self.ridge = n_folds, k, seed, ridge
+        self._linear: dict[tuple[bytes, bytes], LinearProbe] = {}
+        self._knn: dict[tuple[bytes, bytes], KnnProbe] = {}
+        self.built = {LinearProbe.name: 0, KnnProbe.name: 0}
+
+    @staticmethod
+    def _key(rows: np.ndarray, groups: np.ndarray) -> tuple[bytes, bytes]:
+        return np.asarray(rows, dtype=np.int64).tobytes(), np.asarray(groups, dtype=np.int64).tobytes()
+
+    def linear(self, rows: np.ndarray, groups: np.ndarray) -> LinearProbe:
+        """The linear probe of ``x[rows]`` grouped by ``groups`` (codes ``0..G-1``, one per row)."""
+        key = self._key(rows, groups)
+        if key not in self._linear:
+            self._linear[key] = LinearProbe(self.x[rows], groups, n_folds=self.n_folds, seed=self.seed,
+                                            ridge=self.ridge)
+            self.built[LinearProbe.name] += 1
+        return self._linear[key]
+
+    def knn(self, rows: np.ndarray, groups: np.ndarray) -> KnnProbe:
+        """The kNN probe of ``x[rows]`` grouped by ``groups`` (codes ``0..G-1``, one per row)."""
+        key = self._key(rows, groups)
+        if key not in self._knn:
+            self._knn[key] = KnnProbe(self.x[rows], groups, k=self.k)
+            self.built[KnnProbe.name] += 1
+        return self._knn[key]
+
+    def probes(self, column: Column) -> tuple[LinearProbe, KnnProbe]:
+        """Both probes of a column's kept rows.
+
+        Raises:
+            InputError: too few groups for the folds or the neighbours.
+        """
+        return self.linear(column.rows, column.groups), self.knn(column.rows, column.groups)
+
+    def probe_column(self, column: Column, *, n_permutations: int = 1000) -> dict[str, ProbeResult]:
+        """Both probes' results on one column (permutations seeded with ``seed``)."""
+        return {p.name: run_probe(p, column, n_permutations=n_permutations, seed=self.seed)
+                for p in self.probes(column)}
+
+
 def probe_column(x: np.ndarray, column: Column, *, n_folds: int = 5, k: int = 15, n_permutations: int = 1000,
                  seed: int = 0, ridge: float = RIDGE) -> dict[str, ProbeResult]:
-    """Both probes on one column (``x`` holds every input row; the column's kept rows are used)."""
-    xs = np.asarray(x)[column.rows]
-    linear = LinearProbe(xs, column.groups, n_folds=n_folds, seed=seed, ridge=ridge)
-    knn = KnnProbe(xs, column.groups, k=k)
-    return {p.name: run_probe(p, column, n_permutations=n_permutations, seed=seed) for p in (linear, knn)}
+    """Both probes on one column (``x`` holds every input row; the column's kept rows are used).
+
+    Builds the probes for this column alone; use one :class:`ProbeCache` for several columns of ``x``.
+    """
+    return ProbeCache(x, n_folds=n_folds, k=k, seed=seed, ridge=ridge).probe_column(column,
+                                                                                  n_permutations=n_permutations)
 
 
-__all__ = ["RIDGE", "Column", "KnnProbe", "LinearProbe", "ProbeResult", "balanced_accuracy_many", "group_folds",
-           "neighbours", "permutation_p", "permuted_labels", "prepare_column", "probe_column", "run_probe"]
+__all__ = ["RIDGE", "Column", "KnnProbe", "LinearProbe", "ProbeCache", "ProbeResult", "balanced_accuracy_many",
+           "group_folds", "neighbours", "permutation_p", "permuted_labels", "prepare_column", "probe_column",
+           "run_probe"]

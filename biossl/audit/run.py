@@ -46,7 +46,7 @@ import pandas as pd
 
 from biossl import __version__
 from biossl.audit import batch as batch_metrics
-from biossl.audit.probes import RIDGE, Column, KnnProbe, LinearProbe, neighbours, prepare_column, run_probe
+from biossl.audit.probes import RIDGE, Column, ProbeCache, prepare_column, run_probe
 from biossl.errors import InputError
 from biossl.io import jsonable, write_text_atomic
 
@@ -150,6 +150,7 @@ def _audit_key(adata: ad.AnnData, key: str, groups_all: np.ndarray, columns: Seq
     k_folds, k, seed, b = settings["n_folds"], settings["k"], settings["seed"], settings["n_permutations"]
     min_groups = settings["min_groups"]
     prepared: dict[str, Column] = {}
+    cache = ProbeCache(x, n_folds=k_folds, k=k, seed=seed, ridge=settings["ridge"])  # shared by the columns
     for col in [*columns, *([label] if label else [])]:
         role = "label" if col == label else "nuisance"
         try:
@@ -157,8 +158,7 @@ def _audit_key(adata: ad.AnnData, key: str, groups_all: np.ndarray, columns: Seq
                 raise InputError(f"no row has an embedding in obsm[{key!r}]")
             c = prepare_column(adata.obs[col].to_numpy()[rows], groups, column=col, min_groups=min_groups,
                                where=f"{key}", allow_varying=role == "label")
-            linear = LinearProbe(x[c.rows], c.groups, n_folds=k_folds, seed=seed, ridge=settings["ridge"])
-            knn = KnnProbe(x[c.rows], c.groups, k=k)
+            linear, knn = cache.probes(c)
         except InputError as exc:
             logger.warning("%s: column %r not tested: %s", key, col, exc)
             out["columns"][col] = {"role": role, "column": col, "verdict": NOT_TESTED, "reason": str(exc)}
@@ -171,7 +171,7 @@ def _audit_key(adata: ad.AnnData, key: str, groups_all: np.ndarray, columns: Seq
             out["batch"][col] = {"silhouette": batch_metrics.silhouette_by_batch(xs, c.codes, seed=seed),
                                  **batch_metrics.ilisi(knn.idx, c, seed=seed)}
     if label is not None and label in prepared and len(rows) > 1:
-        idx = neighbours(x, _codes(groups), k)
+        idx = cache.knn(np.arange(len(rows)), _codes(groups)).idx  # every row of the key
         lab = _codes_on(prepared[label], len(rows))
         for col in columns:
             if col in prepared:

@@ -83,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
                          "--manifest")
     if args.checkpoint is not None and args.manifest is None:
         raise InputError("--checkpoint needs --manifest (the cohort to embed)")
+    loaded = None  # the checkpoint and the cohort, opened once for the embeddings and the artifact probes
     if args.embeddings is None:
-        from biossl.downstream.embed import embed_cohort
+        from biossl.downstream.embed import embed_loaded, load_cohort
 
-        adata = embed_cohort(args.checkpoint, args.manifest, labels=args.labels, work_dir=args.work_dir,
-                             seed=args.seed, unknown_labels="drop")
+        loaded = load_cohort(args.checkpoint, args.manifest, work_dir=args.work_dir, seed=args.seed)
+        adata = embed_loaded(loaded, labels=args.labels, unknown_labels="drop")
         source = f"the embeddings of {args.manifest} by {args.checkpoint}"
     else:
         if args.checkpoint is None and args.manifest is not None:
@@ -107,16 +108,15 @@ def run(args: argparse.Namespace) -> int:
         import pandas as pd
 
         from biossl.audit.artifacts import artifact_audit
-        from biossl.downstream.embed import open_cohort
-        from biossl.modules.pretrain import PretrainModule
+        from biossl.downstream.embed import load_cohort
 
         assert args.manifest is not None  # checked above (--artifacts needs --checkpoint, which needs --manifest)
-        module = PretrainModule.from_checkpoint(args.checkpoint)
-        dataset, _, _, _ = open_cohort(module, args.checkpoint, args.manifest, work_dir=args.work_dir, seed=args.seed)
+        if loaded is None:  # audited embeddings from --embeddings: open the cohort now
+            loaded = load_cohort(args.checkpoint, args.manifest, work_dir=args.work_dir, seed=args.seed)
         # Stability uses the biology label as the audited embeddings hold it (from --labels or `biossl embed`).
         labels = (None if args.label is None or args.label not in adata.obs.columns else
                   {str(p): (None if pd.isna(v) else v) for p, v in adata.obs[args.label].items()})
-        result["artifacts"] = artifact_audit(module, dataset, labels=labels, seed=args.seed)
+        result["artifacts"] = artifact_audit(loaded.module, loaded.dataset, labels=labels, seed=args.seed)
     if salt is not None:  # checked early, so that a missing salt fails before any work
         # audit.json and report.html hold aggregates only (scores per column, PCA points without names):
         # no patient ID to replace, which the privacy tests check.

@@ -1,4 +1,9 @@
-"""``biossl cohort MANIFEST``: validate a cohort manifest and print patients x modalities."""
+"""``biossl cohort MANIFEST``: validate a cohort manifest and print patients x modalities.
+
+This is the full check: every file is opened with its reader, and the voxels of floating-point NIfTI
+are read for NaN/inf. Other commands that open a cohort probe headers only; pretraining runs the full
+check once per run, in :meth:`biossl.data.datamodule.BagDataModule.prepare_data`.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the manifest and print its summary; bad input raises an InputError (exit code 2)."""
+    # The explicit check is the thorough one (voxels of floating-point NIfTI too); other commands probe headers.
     cohort = Cohort.from_manifest(args.manifest, skip_bad=args.skip_bad, report_path=args.report,
-                                  probe=not args.no_probe)
+                                  probe=not args.no_probe, check_values=not args.no_probe)
     summary = cohort.summary()
     table = cohort.table
     with pd.option_context("display.max_rows", None, "display.width", 200):

@@ -35,6 +35,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from biossl.downstream.finetune_settings import FinetuneSettings
+
 logger = logging.getLogger(__name__)
 
 #: Default L2 penalty of the probe by task (loss averaged per patient, or per event for Cox).
@@ -42,19 +44,8 @@ DEFAULT_L2 = {"subtype": 0.01, "survival": 0.1}
 MODES = ("probe", "finetune", "scratch")
 
 
-class _Defaults:
-    """Fine-tuning defaults (:class:`biossl.downstream.finetuning.FinetuneSettings`), without importing torch."""
-
-    epochs = 10
-    batch_size = 16
-    lr = 1e-3
-    encoder_lr = 1e-4
-    weight_decay = 0.01
-    pseudo_threshold = 0.95
-    pseudo_weight = 1.0
-
-
-D = _Defaults
+#: The library's fine-tuning defaults, the options' defaults (a torch-free module: ``--help`` stays fast).
+D = FinetuneSettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -336,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
     settings = None
     group_sources: list[tuple[str, Any]] = []
     if {"finetune", "scratch"} & set(modes) or ("probe" in modes and args.embeddings is None):
-        from biossl.downstream.finetuning import CohortBags, FinetuneSettings, auto_device
+        from biossl.downstream.finetuning import CohortBags, auto_device
 
         settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                     encoder_lr=args.encoder_lr, weight_decay=args.weight_decay,

@@ -1,7 +1,8 @@
 """``biossl tile``: detect tissue and write tile coordinates (HDF5) and a thumbnail per slide.
 
 Reruns skip slides already tiled with the same options (a killed run is resumed by running it again);
-``--overwrite`` tiles them again.
+``--overwrite`` tiles them again. A slide without tissue is skipped with a warning (an error when no
+slide has tissue); ``--keep-empty`` writes it an ``.h5`` listing no tiles instead, as pretraining does.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep tiles with at least this tissue fraction (default 0.5)",
     )
     parser.add_argument(
+        "--keep-empty",
+        action="store_true",
+        help="for a slide without tissue, warn and write an .h5 listing no tiles (the slide then adds no tiles "
+        "to training) instead of skipping it, and exit 0 even when no slide has tissue",
+    )
+    parser.add_argument(
         "--shard",
         type=parse_shard,
         default=None,
@@ -76,15 +83,16 @@ def run(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
         slide_mpp=args.slide_mpp,
         min_tissue=args.min_tissue,
+        keep_empty=args.keep_empty,
     )
     for r in results:
-        note = " (already tiled)" if r.reused else ""
+        note = (" (already tiled)" if r.reused else "") + (" (no tissue)" if r.n_tiles == 0 else "")
         print(
             f"{r.slide.name}: {r.n_tiles} tiles, tissue {r.tissue_fraction:.1%}, "
             f"level {r.level}, read {r.read_size} px -> {r.h5_path}{note}"
         )
     total = sum(r.n_tiles for r in results)
     print(f"total: {total} tiles from {len(results)} slides in {args.out}")
-    if not results:
+    if not results:  # every slide blank (--keep-empty) lands in results with 0 tiles
         raise SlideError("no slide produced tiles (see the warnings above); lower --min-tissue or check the slides")
     return 0

@@ -7,6 +7,11 @@ the manifest's folder unless absolute) and optional metadata columns (``site``, 
 point to a table holding many patients, in which the patient is then looked up, and so may a sequence
 row (a CSV/TSV table with a ``patient_id`` column). Each file is probed once, however many rows name it.
 
+Two depths of file check: the reader's cheap ``probe`` (headers; the default, run whenever a cohort is
+opened) and, with ``check_values=True``, its thorough ``check`` where it has one (the voxels of a
+floating-point NIfTI, read in full). ``biossl cohort`` and the data module's ``prepare_data`` (once per
+pretraining run) run the thorough one.
+
 Row numbers in messages count as in a spreadsheet: the header is row 1, the first record row 2.
 """
 
@@ -59,12 +64,58 @@ def _text(value: object) -> str:
     return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value).strip()
 
 
+def _full_path(folder: Path, raw_path: str) -> str:
+    """``raw_path`` made absolute (relative paths start at the manifest's ``folder``); empty stays empty."""
+    return os.path.abspath(folder / Path(raw_path).expanduser()) if raw_path else ""
+
+
+def _read_records(path: Path) -> pd.DataFrame:
+    """The manifest's rows as read (blank rows dropped, index = row - 2), with lower-case required columns."""
+    df = read_table(path, what="manifest", text_columns=REQUIRED_COLUMNS)
+    df = df.rename(columns={c: c.lower() for c in df.columns if c.lower() in REQUIRED_COLUMNS})
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"manifest {path} lacks required column(s) {missing}; found columns "
+                            f"{list(df.columns)}. A manifest has one row per file with columns "
+                            "patient_id, modality, path, plus optional metadata (site, scanner, ...)")
+    if df.empty:
+        raise ManifestError(f"manifest {path} has a header but no rows; add one row per file")
+    return df
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest's rows as every biossl command reads them, without checking them or their files.
+
+    For tools that plan work from a manifest (the Snakemake workflow's one job per slide) and must agree
+    with :meth:`Cohort.from_manifest` on what each row says; the rows it would reject are still here.
+
+    Returns:
+        One row per record (blank lines dropped): ``patient_id`` (stripped text, ``""`` when empty),
+        ``modality`` (stripped, lower case), ``path`` (absolute: a relative path starts at the
+        manifest's folder; ``""`` when empty), the metadata columns as read, and ``manifest_row``
+        (the row as a spreadsheet shows it, header = row 1; the ``row`` of a problem report).
+
+    Raises:
+        ManifestError: the manifest is missing, unreadable, lacks a required column or has no rows.
+    """
+    path = Path(path)
+    df = _read_records(path)
+    folder = path.parent.absolute()
+    out = df.copy()
+    out[PATIENT_ID] = df[PATIENT_ID].map(_text)
+    out[MODALITY] = df[MODALITY].map(lambda v: _text(v).lower())
+    out[PATH] = df[PATH].map(lambda v: _full_path(folder, _text(v)))
+    out[ROW] = [int(i) + 2 for i in df.index]
+    return out.reset_index(drop=True)
+
+
 class _Checker:
     """Row checks of a manifest, with readers' probes loaded lazily and cached per file."""
 
     def __init__(self, *, probe: bool, probes: Mapping[str, ProbeFn] | None,
-                 table_patients: TablePatientsFn | None) -> None:
+                 table_patients: TablePatientsFn | None, check_values: bool = False) -> None:
         self.probe = probe
+        self.check_values = check_values
         self.probes: dict[str, ProbeFn | None] = dict(probes or {})
         self.table_patients = table_patients
         self._reasons: dict[tuple[str, str], str | None] = {}
@@ -74,7 +125,8 @@ class _Checker:
         if modality not in self.probes:
             try:
                 module = importlib.import_module(f"biossl.data.{modality}")
-                self.probes[modality] = getattr(module, "check", None) or module.probe  # check: the thorough one
+                thorough = getattr(module, "check", None) if self.check_values else None
+                self.probes[modality] = thorough or module.probe
             except (ImportError, AttributeError) as exc:
                 logger.warning("%s files are only checked for existence: no reader probe (%s)", modality, exc)
                 self.probes[modality] = None
@@ -133,7 +185,7 @@ class _Checker:
             reason = None
             if patient:
                 rows_of.setdefault(patient, []).append(row)
-            full = os.path.abspath(folder / Path(raw_path).expanduser()) if raw_path else ""
+            full = _full_path(folder, raw_path)
             if not patient:
                 reason = "empty patient_id; give every row the patient it belongs to"
             elif modality not in MODALITIES:
@@ -253,6 +305,7 @@ class Cohort:
         skip_bad: bool = False,
         report_path: str | Path | None = None,
         probe: bool = True,
+        check_values: bool = False,
         probes: Mapping[str, ProbeFn] | None = None,
         table_patients: TablePatientsFn | None = None,
     ) -> Cohort:
@@ -272,9 +325,12 @@ class Cohort:
                 columns row, patient_id, modality, path, reason), written atomically whenever given,
                 also when there are none or when raising. Nothing is written when it is ``None``;
                 commands pass a file in their output folder.
-            probe: Open each file with its modality's reader probe (``biossl.data.<modality>.check``
-                where there is one, else ``.probe``); ``False`` only checks existence.
-            probes: ``modality -> probe(path)`` overriding ``biossl.data.<modality>.probe``; a probe
+            probe: Open each file with its modality's cheap reader probe (``biossl.data.<modality>.probe``:
+                headers, no voxel data); ``False`` only checks existence.
+            check_values: Run the thorough ``biossl.data.<modality>.check`` instead, where the modality
+                has one: it also reads the voxels of floating-point NIfTI for NaN/inf, a full read of
+                every such scan (``biossl cohort`` and ``BagDataModule.prepare_data`` do this).
+            probes: ``modality -> probe(path)`` overriding the reader's probe (and check); a probe
                 raises an :class:`~biossl.errors.InputError` for an unreadable file.
             table_patients: ``table_patients(path) -> patient IDs`` of an expression table, overriding
                 ``biossl.data.expression.table_patients``.
@@ -283,16 +339,8 @@ class Cohort:
             ManifestError: listing up to 20 problems with their row, patient and file.
         """
         path = Path(path)
-        df = read_table(path, what="manifest", text_columns=REQUIRED_COLUMNS)
-        df = df.rename(columns={c: c.lower() for c in df.columns if c.lower() in REQUIRED_COLUMNS})
-        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-        if missing:
-            raise ManifestError(f"manifest {path} lacks required column(s) {missing}; found columns "
-                                f"{list(df.columns)}. A manifest has one row per file with columns "
-                                "patient_id, modality, path, plus optional metadata (site, scanner, ...)")
-        if df.empty:
-            raise ManifestError(f"manifest {path} has a header but no rows; add one row per file")
-        checker = _Checker(probe=probe, probes=probes, table_patients=table_patients)
+        df = _read_records(path)
+        checker = _Checker(probe=probe, probes=probes, table_patients=table_patients, check_values=check_values)
         kept, problems = checker.check_rows(df, path.parent.absolute())
         _handle_problems(problems, manifest=path, skip_bad=skip_bad, report_path=report_path)
         if kept.empty:
@@ -402,4 +450,4 @@ def _describe_conflicts(conflicts: Mapping[str, list[str]]) -> str:
                      for col, pts in conflicts.items())
 
 
-__all__ = ["Cohort", "Problem", "ProbeFn", "TablePatientsFn"]
+__all__ = ["Cohort", "Problem", "ProbeFn", "TablePatientsFn", "read_manifest"]

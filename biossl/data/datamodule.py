@@ -1,4 +1,10 @@
-"""LightningDataModule over patient bags: validates the cohort, tiles slides once, serves bags."""
+"""LightningDataModule over patient bags: validates the cohort, tiles slides once, serves bags.
+
+The cohort is checked in full (the voxels of floating-point NIfTI read for NaN/inf) once per run, in
+:meth:`BagDataModule.prepare_data`, which Lightning calls on the first process of each node; every
+other opening of the cohort probes file headers only, so a command does not read the whole cohort
+before it starts, and the processes of a DDP run do not each read it.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 from torch.utils.data import DataLoader
 
 from biossl.data import keys
 from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, collate_bags
-from biossl.data.cohort import Cohort
-from biossl.errors import InputError
+from biossl.data.cohort import ROW, Cohort
+from biossl.errors import InputError, ManifestError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ class BagDataModule(pl.LightningDataModule):
 
     Slides without tile coordinates are tiled once, in :meth:`prepare_data`, into
     ``<work_dir>/tiles`` (reruns skip finished slides), so pretraining can start from a manifest.
+    The cohort's problems are written to ``<work_dir>/skipped_rows.csv`` (:attr:`report_path`).
 
     Args:
         manifest: Cohort manifest (CSV/TSV/Parquet).
@@ -58,6 +66,9 @@ class BagDataModule(pl.LightningDataModule):
         mpp: Target micrometres per pixel of tiles.
         tile_size: Tile edge at ``mpp`` (pixels) written by the tiler.
         min_tissue: Minimum tissue fraction of a kept tile.
+        slide_mpp: Level-0 µm/px of the slides, for files without it in their metadata (as ``biossl tile
+            --slide-mpp``; it overrides the metadata of every slide tiled here). Slides already tiled with
+            the same ``mpp``, ``tile_size`` and ``min_tissue`` are reused without it.
         skip_bad: Skip unreadable manifest rows with a warning and a report instead of failing.
         features_dir: Cached tile embeddings from ``biossl cache-features``; slides are then read as
             feature vectors (use the ``features/mlp`` encoder for ``wsi``) and are not tiled again.
@@ -80,6 +91,7 @@ class BagDataModule(pl.LightningDataModule):
         mpp: float = 0.5,
         tile_size: int = 256,
         min_tissue: float = 0.5,
+        slide_mpp: float | None = None,
         skip_bad: bool = False,
         features_dir: str | Path | None = None,
         holdout: float = 0.0,
@@ -95,6 +107,10 @@ class BagDataModule(pl.LightningDataModule):
         self.spec = spec or BagSpec()
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.mpp, self.tile_size, self.min_tissue, self.skip_bad = mpp, tile_size, min_tissue, skip_bad
+        if slide_mpp is not None and not slide_mpp > 0:
+            raise InputError(f"data.slide_mpp must be a positive number of µm per pixel (0.25 at 40x, 0.5 at 20x); "
+                             f"got {slide_mpp}")
+        self.slide_mpp = slide_mpp
         self.features_dir = Path(features_dir) if features_dir is not None else None
         self.cohort: Cohort | None = None
         self.dataset: PatientBagDataset | None = None
@@ -105,23 +121,68 @@ class BagDataModule(pl.LightningDataModule):
         """Folder of the tile coordinates."""
         return self.work_dir / "tiles"
 
+    @property
+    def report_path(self) -> Path:
+        """The manifest report: every problem the last cohort check found (CSV, rewritten by each check)."""
+        return self.work_dir / "skipped_rows.csv"
+
     def load_cohort(self) -> Cohort:
-        """Validate and return the cohort (cached)."""
+        """Validate and return the cohort (cached), probing file headers only (no voxel data is read).
+
+        In a run where :meth:`prepare_data` checked the cohort in full on another process of this node
+        (a DDP rank other than the node's first), the rows its report lists are dropped here too, so
+        every process trains on the same patients and files.
+        """
         if self.cohort is None:
-            self.cohort = Cohort.from_manifest(
-                self.manifest, skip_bad=self.skip_bad, report_path=self.work_dir / "skipped_rows.csv"
-            )
+            trainer = self.trainer
+            if trainer is not None and trainer.local_rank != 0 and self.report_path.is_file():
+                self.cohort = self._cohort_as_checked()
+            else:
+                self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, report_path=self.report_path)
         return self.cohort
 
+    def check_cohort(self) -> Cohort:
+        """Validate the cohort in full (voxels of floating-point NIfTI included), write the report, cache it.
+
+        Raises:
+            ManifestError: a bad row (unless ``skip_bad``), with every problem listed.
+        """
+        self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, report_path=self.report_path,
+                                           check_values=True)
+        return self.cohort
+
+    def _cohort_as_checked(self) -> Cohort:
+        """The header-probed cohort without the rows that the full check (its report) rejected."""
+        cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad)
+        report = pd.read_csv(self.report_path)
+        rejected = set(pd.to_numeric(report["row"], errors="coerce").dropna().astype(int))
+        table = cohort.table
+        kept = table[~table[ROW].isin(rejected)]
+        if rejected & set(table[ROW]) and not self.skip_bad:
+            raise ManifestError(f"manifest {self.manifest}: the cohort check of this run found problems, listed in "
+                                f"{self.report_path}; fix them or set data.skip_bad true")
+        if kept.empty:
+            raise ManifestError(f"manifest {self.manifest}: no usable row is left after skipping bad ones "
+                                f"(listed in {self.report_path})")
+        return Cohort(kept, source=self.manifest)
+
     def prepare_data(self) -> None:
-        """Tile every slide of the cohort that has no coordinates yet."""
+        """Check the cohort in full, then tile every slide of the cohort that has no coordinates yet.
+
+        Lightning calls this once per run, on the first process of each node, before :meth:`setup`: the
+        full check (:meth:`check_cohort`) reads the voxels of floating-point NIfTI, so a scan with NaN
+        stops the run before its first step (or, with ``skip_bad``, is skipped and reported). Called
+        without a trainer (``biossl embed`` opens a cohort so), it probes headers only; a bad scan is
+        then caught when it is read.
+        """
         from biossl.data.tiling import tile_slides
 
-        cohort = self.load_cohort()
+        cohort = self.check_cohort() if self.trainer is not None else self.load_cohort()
         slides = sorted({f for p in cohort.patients for f in cohort.files(p, keys.WSI)})
         if slides and self.features_dir is None:
+            # A slide without tissue: a warning and an .h5 listing no tiles (the patient's bag has none from it).
             tile_slides(slides, self.coords_dir, mpp=self.mpp, tile_size=self.tile_size,
-                        min_tissue=self.min_tissue)
+                        min_tissue=self.min_tissue, slide_mpp=self.slide_mpp, keep_empty=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the bag dataset (and the gene vocabulary when none was given)."""

@@ -9,8 +9,9 @@ numeric column that is not declared metadata. All other columns go to ``obs`` un
 
 Normalisation happens once: raw counts (non-negative, integer-valued) go through
 ``scanpy.pp.normalize_total`` then ``log1p``; anything else (z-scores, log values) is left alone.
-Whole numbers with a few (< 1 %) negative entries look like counts with bad entries: :func:`probe` (the
-cohort check) refuses them, :func:`read_expression` warns and reads them as normalised; with more
+Whole numbers with a few (< 1 %) negative entries look like counts with bad entries: an error (one,
+naming the file, the first bad row and gene) from :func:`read_expression` and so from :func:`probe` (the
+cohort check), unless the caller declares the values normalised (``normalized=True``); with more
 negative entries they are normalised integer data (copy-number calls).
 The outcome is recorded in ``adata.uns["biossl"]``, which later calls read back instead of guessing.
 """
@@ -73,7 +74,8 @@ def read_expression(
             of :data:`PATIENT_CANDIDATES` present, else a leading text column, else (``.h5ad``) the
             obs names.
         normalized: ``True``: values are already normalised, never transform them. ``False``: they
-            are raw counts, normalise them (negative values are then an error). ``None``: detect.
+            are raw counts, normalise them (negative values are then an error). ``None``: detect
+            (whole numbers with under 1 % negative entries are then an error: counts with bad entries).
         gene_columns: Explicit gene columns (list), a literal suffix such as ``"_cnv"`` (stripped
             from the gene names) or a regular expression searched in the column names.
         metadata_columns: Extra numeric columns that are metadata, not genes.
@@ -87,7 +89,7 @@ def read_expression(
 
     Raises:
         ExpressionError: the file is missing, unreadable, empty, or has NaN/inf values, duplicate
-            genes, a missing patient column, or negative values declared as raw counts.
+            genes, a missing patient column, or negative values declared as (or looking like) raw counts.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,12 +121,9 @@ def table_patients(path: str | Path, *, patient_column: str | None = None) -> se
 def probe(path: str | Path) -> None:
     """Check that ``path`` reads as a valid expression file; raise :class:`ExpressionError` if not.
 
-    Stricter than :func:`read_expression`: raw counts with a few negative entries
-    (:func:`negative_counts`) are an error here, where the reader only warns.
+    The whole table is read and validated (:func:`read_expression`, cached for the readers after it).
     """
-    problem = negative_counts(read_expression(path), path)
-    if problem:
-        raise ExpressionError(f"{problem}; counts cannot be negative: fix or drop these entries")
+    read_expression(path)
 
 
 def negative_counts(adata: ad.AnnData, source: str | Path = "<AnnData>") -> str | None:
@@ -164,7 +163,7 @@ def normalize_expression(
     negative = values.size > 0 and float(values.min()) < 0
     integer = not negative and bool(np.all(np.mod(values, 1) == 0))
     if normalized is None and negative and (problem := negative_counts(adata, source)):
-        log.warning("%s; read as already normalised, as negative values are", problem)
+        raise ExpressionError(f"{problem}; counts cannot be negative: fix or drop these entries")
     if normalized is None:
         reasons = {"negative values": negative, "non-integer values": not negative and not integer,
                    "scanpy log1p marker": "log1p" in adata.uns}  # fmt: skip

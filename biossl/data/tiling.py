@@ -150,6 +150,7 @@ def tile_slide(
     min_tissue: float = 0.5,
     max_side: int = 2048,
     min_saturation: float = 0.07,
+    keep_empty: bool = False,
 ) -> TilingResult:
     """Tile one slide at ``mpp`` µm/px and write ``<out_dir>/<stem>.h5`` and ``<stem>_thumbnail.png``.
 
@@ -162,14 +163,17 @@ def tile_slide(
         min_tissue: Keep tiles whose tissue fraction is at least this (0-1).
         max_side: Longest side of the tissue mask in pixels.
         min_saturation: Saturation floor of the tissue detector.
+        keep_empty: For a slide where no tile reaches ``min_tissue``, log a warning and write an
+            ``.h5`` listing no tiles (``n_tiles`` 0) instead of raising: a marker that the slide was
+            tiled, which the bag dataset reads as "this slide has no tiles" and reruns reuse.
 
     Returns:
         A :class:`TilingResult`.
 
     Raises:
         SlideError: The slide cannot be read (also a kept tile that does not decode) or has no µm/px.
-        NoTissueError: No tile reaches ``min_tissue`` (no ``.h5`` is written; the thumbnail is, so a
-            person can see why). :func:`tile_slides` turns this into a warning and a skip.
+        NoTissueError: No tile reaches ``min_tissue`` and not ``keep_empty`` (no ``.h5`` is written; the
+            thumbnail is, so a person can see why). :func:`tile_slides` turns this into a warning and a skip.
     """
     path, out_dir = Path(path), Path(out_dir)
     if not 0.0 <= min_tissue <= 1.0:
@@ -188,10 +192,11 @@ def tile_slide(
         check_tiles_decode(slide, coords, level=level, read_size=read_size)
         write_thumbnail(thumb_path, tissue, coords, read_size * ds)
         if len(coords) == 0:
-            raise NoTissueError(
-                f"slide {path}: no tile has tissue fraction >= {min_tissue} (tissue found on "
-                f"{tissue.fraction:.1%} of the slide; see {thumb_path}); lower --min-tissue or drop the slide"
-            )
+            blank = (f"slide {path}: no tile has tissue fraction >= {min_tissue} (tissue found on "
+                     f"{tissue.fraction:.1%} of the slide; see {thumb_path}); lower --min-tissue or drop the slide")
+            if not keep_empty:
+                raise NoTissueError(blank)
+            logger.warning("%s; writing %s listing no tiles", blank, h5_path.name)
         attrs: dict[str, Any] = {
             "slide_path": str(path.resolve()),
             "slide_name": path.name,
@@ -220,6 +225,15 @@ def tile_slide(
         f.attrs.update(attrs)
     logger.info("%s: %d tiles, tissue %.1f%%, level %d", path.name, len(coords), 100 * tissue.fraction, level)
     return TilingResult(path, len(coords), tissue.fraction, level, read_size, h5_path, thumb_path)
+
+
+def _tiled_with(h5_path: Path, params: dict[str, Any]) -> bool:
+    """True if ``h5_path`` opens and was made with ``params`` (quietly False otherwise)."""
+    try:
+        old = read_params(h5_path)
+    except OSError:
+        return False
+    return all(np.isclose(old.get(k, np.nan), v) for k, v in params.items())
 
 
 def _reusable(h5_path: Path, params: dict[str, Any]) -> bool:
@@ -281,7 +295,9 @@ def tile_slides(
     Every slide of the shard is opened first, so a bad file or a missing µm/px fails the run before
     any work, with every bad file listed. A slide without tissue is logged as a warning and skipped
     (a cohort of 500 slides should not stop for one blank slide); it is absent from the result. When
-    no slide has tissue at all, that is an error naming them.
+    no slide has tissue at all, that is an error naming them. With ``keep_empty=True`` (an option of
+    :func:`tile_slide`) a slide without tissue gets an ``.h5`` listing no tiles instead, is in the
+    result with ``n_tiles`` 0, and is never an error.
 
     Args:
         paths: Slide files (sorted before sharding).
@@ -300,19 +316,6 @@ def tile_slides(
     """
     out_dir = Path(out_dir)
     slides = select_shard(paths, shard)
-    stems: dict[str, Path] = {}
-    problems: list[str] = []
-    for path in slides:
-        if path.stem in stems:
-            problems.append(f"{path} and {stems[path.stem]} would both write {path.stem}.h5; rename one")
-        stems[path.stem] = path
-        try:
-            Slide(path, slide_mpp=options.get("slide_mpp")).close()
-        except SlideError as exc:
-            problems.append(str(exc))
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise SlideError(f"{len(problems)} of {len(slides)} slides cannot be tiled{more}: " + "; ".join(problems[:5]))
     params = {
         "target_mpp": options.get("mpp", 0.5),
         "tile_size": options.get("tile_size", 256),
@@ -320,6 +323,21 @@ def tile_slides(
     }
     if options.get("slide_mpp") is not None:
         params["slide_mpp"] = options["slide_mpp"]
+    stems: dict[str, Path] = {}
+    problems: list[str] = []
+    for path in slides:
+        if path.stem in stems:
+            problems.append(f"{path} and {stems[path.stem]} would both write {path.stem}.h5; rename one")
+        stems[path.stem] = path
+        # A slide already tiled with these options is not read again: it needs no µm/px (given at tiling).
+        done = not overwrite and _tiled_with(out_dir / f"{path.stem}.h5", params)
+        try:
+            Slide(path, slide_mpp=options.get("slide_mpp"), require_mpp=not done).close()
+        except SlideError as exc:
+            problems.append(str(exc))
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise SlideError(f"{len(problems)} of {len(slides)} slides cannot be tiled{more}: " + "; ".join(problems[:5]))
     results: list[TilingResult] = []
     blank: list[str] = []
     for path in tqdm(slides, desc="tiling", unit="slide", disable=not progress):

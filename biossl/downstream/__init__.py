@@ -11,6 +11,7 @@
   contract every mode implements.
 * :mod:`~biossl.downstream.finetuning`: the encoders fine-tuned end to end, or the same architecture
   from scratch, with a task head (optionally with pseudo-labelled unlabelled patients).
+* :mod:`~biossl.downstream.finetune_settings`: the fine-tuning settings (torch-free; the CLI's defaults).
 * :mod:`~biossl.downstream.kmers`: DNA k-mer counts and the k-mer logistic-regression baseline.
 * :mod:`~biossl.downstream.cv`: patient-level k-fold cross-validation, label fractions, mean ± sd over
   folds (and seeds), JSON.

@@ -27,7 +27,8 @@ and are left out (logged).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,7 +146,8 @@ def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str 
     dm = BagDataModule(
         manifest, work_dir=work, spec=spec, batch_size=batch_size, num_workers=num_workers, seed=seed,
         mpp=float(data_cfg.get("mpp") or 0.5), tile_size=int(data_cfg.get("tile_size") or 256),
-        min_tissue=float(data_cfg.get("min_tissue") or 0.5), skip_bad=skip_bad, features_dir=features_dir,
+        min_tissue=float(data_cfg.get("min_tissue") or 0.5), slide_mpp=data_cfg.get("slide_mpp"), skip_bad=skip_bad,
+        features_dir=features_dir,
     )
     if state.get("vocabulary"):
         dm.vocabulary = GeneVocabulary(state["vocabulary"])
@@ -213,6 +215,36 @@ def embed_cohort(
         InputError: an unreadable or foreign checkpoint, a bad manifest or labels table, a checkpoint
             lacking what the data needs (bag spec, vocabulary), or no patient with an embeddable modality.
     """
+    loaded = load_cohort(checkpoint, manifest, work_dir=work_dir, features_dir=features_dir, skip_bad=skip_bad,
+                         batch_size=batch_size, num_workers=num_workers, seed=seed)
+    return embed_loaded(loaded, labels=labels, id_column=id_column, unknown_labels=unknown_labels,
+                        batch_size=batch_size, num_workers=num_workers, device=device)
+
+
+@dataclass
+class LoadedCohort:
+    """A pretraining checkpoint's module and a cohort's patient bags as it reads them (:func:`load_cohort`)."""
+
+    checkpoint: Path
+    manifest: Path
+    module: Any
+    dataset: PatientBagDataset
+    cohort: Cohort
+    modalities: list[str]
+    spec: BagSpec
+    seed: int
+
+
+def load_cohort(checkpoint: str | Path, manifest: str | Path, *, work_dir: str | Path | None = None,
+                features_dir: str | Path | None = None, skip_bad: bool = False, batch_size: int = 8,
+                num_workers: int = 0, seed: int = 0) -> LoadedCohort:
+    """Load ``checkpoint`` (weights only) and open the cohort of ``manifest`` as it reads it (:func:`open_cohort`).
+
+    Open once, then embed (:func:`embed_loaded`) and run other passes over the same bags (artifact audit).
+
+    Raises:
+        InputError: as :func:`embed_cohort`, for the checkpoint and the manifest.
+    """
     from biossl.modules.pretrain import PretrainModule
 
     checkpoint, manifest = Path(checkpoint), Path(manifest)
@@ -220,6 +252,27 @@ def embed_cohort(
     dataset, cohort, modalities, spec = open_cohort(module, checkpoint, manifest, work_dir=work_dir,
                                                     features_dir=features_dir, skip_bad=skip_bad,
                                                     batch_size=batch_size, num_workers=num_workers, seed=seed)
+    return LoadedCohort(checkpoint=checkpoint, manifest=manifest, module=module, dataset=dataset, cohort=cohort,
+                        modalities=modalities, spec=spec, seed=seed)
+
+
+def embed_loaded(
+    loaded: LoadedCohort,
+    *,
+    labels: str | Path | None = None,
+    id_column: str = keys.PATIENT_ID,
+    unknown_labels: Literal["error", "drop"] = "error",
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+) -> ad.AnnData:
+    """:func:`embed_cohort` of a cohort already loaded with :func:`load_cohort` (its seed draws the bags).
+
+    Raises:
+        InputError: a bad labels table, or no patient with an embeddable modality.
+    """
+    checkpoint, manifest, module, seed = loaded.checkpoint, loaded.manifest, loaded.module, loaded.seed
+    dataset, cohort, modalities, spec = loaded.dataset, loaded.cohort, loaded.modalities, loaded.spec
     state = module.data_state
     emb, has, fused = embed_dataset(module, dataset, modalities, batch_size=batch_size, num_workers=num_workers,
                                     seed=seed, device=device)
@@ -272,16 +325,50 @@ def embed_cohort(
     return adata
 
 
+#: Maps a collated CPU batch and its patients' positions in the dataset to the batch to encode (``None``: skip it).
+BatchTransform = Callable[[dict[str, Any], list[int]], dict[str, Any] | None]
+#: ``(emb, has, fused)`` of :func:`embed_dataset` (``fused`` ``None`` when not fused).
+Embedded = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]
+
+
 def embed_dataset(module: Any, dataset: PatientBagDataset, modalities: list[str], *, batch_size: int = 8,
                   num_workers: int = 0, seed: int = 0, device: str | torch.device = "cpu",
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """Pooled embedding of every patient of ``dataset`` (in its order), per modality and fused.
+
+    Only ``modalities`` are encoded (the batch's other modalities are left out).
 
     Returns:
         ``(emb, has, fused)``: ``emb[m]`` float32 ``[n, dim]`` with NaN rows where a patient lacks
         ``m``; ``has[m]`` bool ``[n]``; ``fused`` the :class:`~biossl.encoders.fusion.MeanFusion` of the
         L2-normalised embeddings of each patient's present modalities (zeros where none).
         The module is left in eval mode on ``device``.
+    """
+    emb, has, fused = embed_views(module, dataset, {FUSED: (modalities, None)}, batch_size=batch_size,
+                                  num_workers=num_workers, seed=seed, device=device)[FUSED]
+    assert fused is not None
+    return emb, has, fused
+
+
+def embed_views(module: Any, dataset: PatientBagDataset,
+                views: Mapping[Hashable, tuple[Sequence[str], BatchTransform | None]], *, fuse: bool = True,
+                batch_size: int = 8, num_workers: int = 0, seed: int = 0, device: str | torch.device = "cpu",
+                ) -> dict[Hashable, Embedded]:
+    """:func:`embed_dataset` of several views of every batch, each batch read once (the epoch-0 draw).
+
+    Args:
+        module: Anything with ``encode_batch`` and ``embed_dim`` (a pretraining module).
+        dataset: The patient bags.
+        views: Name -> (its modalities, a :data:`BatchTransform` applied to each batch first or ``None``).
+            Each view encodes its modalities of the (transformed) batch.
+        fuse: Also fuse each view's modalities (else its ``fused`` is ``None``).
+        batch_size: Patients per forward pass.
+        num_workers: DataLoader workers.
+        seed: Seed of the instance draw.
+        device: Where the model runs; the module is left in eval mode there.
+
+    Returns:
+        Name -> ``(emb, has, fused)`` as :func:`embed_dataset` returns them.
     """
     from biossl.encoders.fusion import MeanFusion
 
@@ -290,27 +377,31 @@ def embed_dataset(module: Any, dataset: PatientBagDataset, modalities: list[str]
     device = torch.device(device)
     module.eval().to(device)
     n, dim = len(dataset), module.embed_dim
-    emb = {m: np.full((n, dim), np.nan, dtype=np.float32) for m in modalities}
-    has = {m: np.zeros(n, dtype=bool) for m in modalities}
-    fused = np.zeros((n, dim), dtype=np.float32)
-    fusion = MeanFusion(dim, modalities)
+    out: dict[Hashable, Embedded] = {
+        name: ({m: np.full((n, dim), np.nan, dtype=np.float32) for m in mods},
+               {m: np.zeros(n, dtype=bool) for m in mods}, np.zeros((n, dim), dtype=np.float32) if fuse else None)
+        for name, (mods, _) in views.items()}
+    fusions = {name: MeanFusion(dim, list(mods)) for name, (mods, _) in views.items()} if fuse else {}
     start = 0
     with torch.no_grad():
         for batch in loader:
-            b = len(batch["patient_id"])
-            pooled, present, _ = module.encode_batch(batch_to(batch, device), with_masked_loss=False)
-            for m in pooled:
-                if m not in emb:
+            indices = list(range(start, start + len(batch["patient_id"])))
+            start += len(indices)
+            for name, (mods, transform) in views.items():
+                view = batch if transform is None else transform(batch, indices)
+                if view is None:
                     continue
-                p = present[m].cpu().numpy().astype(bool)
-                rows = np.flatnonzero(p) + start
-                emb[m][rows] = pooled[m][present[m]].float().cpu().numpy()
-                has[m][rows] = True
-            if pooled:
-                normed = {m: torch.nn.functional.normalize(v.float(), dim=1) for m, v in pooled.items()}
-                fused[start:start + b] = fusion(normed, present)[0].cpu().numpy()
-            start += b
-    return emb, has, fused
+                view = {k: v for k, v in view.items() if k not in keys.MODALITIES or k in mods}
+                pooled, present, _ = module.encode_batch(batch_to(view, device), with_masked_loss=False)
+                emb, has, fused = out[name]
+                for m in pooled:
+                    rows = np.asarray(indices)[present[m].cpu().numpy().astype(bool)]
+                    emb[m][rows] = pooled[m][present[m]].float().cpu().numpy()
+                    has[m][rows] = True
+                if pooled and fused is not None:
+                    normed = {m: torch.nn.functional.normalize(v.float(), dim=1) for m, v in pooled.items()}
+                    fused[indices[0]:indices[-1] + 1] = fusions[name](normed, present)[0].cpu().numpy()
+    return out
 
 
 def write_embeddings(adata: ad.AnnData, path: str | Path) -> None:
@@ -334,5 +425,5 @@ def read_embeddings(path: str | Path) -> ad.AnnData:
         raise InputError(f"{path} is not a readable .h5ad file ({exc}); write it with `biossl embed`") from exc
 
 
-__all__ = ["FUSED", "bag_spec_of", "embed_cohort", "embed_dataset", "obsm_key", "open_cohort", "read_embeddings",
-           "write_embeddings"]
+__all__ = ["FUSED", "BatchTransform", "LoadedCohort", "bag_spec_of", "embed_cohort", "embed_dataset", "embed_loaded",
+           "embed_views", "load_cohort", "obsm_key", "open_cohort", "read_embeddings", "write_embeddings"]

@@ -42,7 +42,6 @@ import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,8 +54,9 @@ from biossl.data import keys
 from biossl.data.bags import batch_to, collate_bags
 from biossl.data.features import resolve_device as auto_device
 from biossl.downstream.embed import FUSED
+from biossl.downstream.finetune_settings import FinetuneSettings
 from biossl.downstream.heads import Head
-from biossl.downstream.methods import SURVIVAL_PSEUDO_LABELS, SurvivalLoss, make_head
+from biossl.downstream.methods import SURVIVAL_PSEUDO_LABELS, make_head
 from biossl.downstream.tasks import Task
 from biossl.errors import InputError
 
@@ -67,39 +67,6 @@ Mode = Literal["finetune", "scratch"]
 SCRATCH_SEED_OFFSET = 10_000
 #: CPU fits on at most this many training patients (labelled + unlabelled) run on one thread.
 SMALL_FIT = 64
-
-
-
-@dataclass
-class FinetuneSettings:
-    """Training settings of :class:`EncoderFinetune` (see the module docstring for the choices)."""
-
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    encoder_lr: float = 1e-4
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    hidden: int | None = None
-    survival_loss: SurvivalLoss = "cox"
-    n_bins: int = 4
-    balanced: bool = True
-    pseudo_threshold: float = 0.95
-    pseudo_weight: float = 1.0
-
-    def check(self) -> None:
-        """Raise :class:`InputError` naming the option of a bad value."""
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise InputError(f"{flag} must be at least 1; got {value}")
-        for flag, rate in (("--lr", self.lr), ("--encoder-lr", self.encoder_lr)):
-            if not rate > 0:
-                raise InputError(f"{flag} must be a positive learning rate; got {rate}")
-        if not 0.0 <= self.pseudo_threshold <= 1.0:
-            raise InputError(f"--pseudo-threshold must be in [0, 1] (a softmax confidence); "
-                             f"got {self.pseudo_threshold}")
-        if self.survival_loss not in ("cox", "discrete"):
-            raise InputError(f"--survival-loss must be cox or discrete; got {self.survival_loss!r}")
 
 
 class CohortBags:
@@ -173,21 +140,20 @@ class CohortBags:
                    batch_size: int = 16) -> pd.DataFrame:
         """Frozen patient embeddings (``X_fused`` or ``X_<modality>``) of the epoch-0 draw, as ``biossl embed``.
 
-        Rows are the patients with the embedding's modalities; the module is not changed.
+        Rows are the patients whose bags hold instances of the embedding's modalities (sorted), as
+        :func:`~biossl.downstream.embed.embed_dataset` embeds them; the module is not changed (it ends on the CPU).
         """
+        from biossl.downstream.embed import embed_dataset
+
         modalities = self.modalities_for(embedding)
-        patients = sorted(self.patients_with(modalities))
-        model = BagModel(self.module, modalities, fused=embedding == FUSED)
-        dev = torch.device(device)
-        model.to(dev).eval()
-        rows = []
-        with torch.no_grad():
-            for start in range(0, len(patients), batch_size):
-                chunk = patients[start:start + batch_size]
-                rows.append(model.embed(batch_to(self.batch(chunk, 0, modalities), dev)).float().cpu().numpy())
+        emb, has, fused = embed_dataset(self.module, self.dataset, modalities, batch_size=batch_size, seed=self.seed,
+                                        device=device)
         self.module.cpu()
-        frame = pd.DataFrame(np.concatenate(rows).astype(np.float64), index=pd.Index(patients, name="patient_id"))
-        return frame
+        values = fused if embedding == FUSED else emb[modalities[0]]
+        rows = np.flatnonzero(np.any(np.stack([has[m] for m in modalities]), axis=0))
+        patients = [str(self.dataset.patients[i]) for i in rows]
+        frame = pd.DataFrame(values[rows].astype(np.float64), index=pd.Index(patients, name="patient_id"))
+        return frame.sort_index()
 
 
 class BagModel(nn.Module):

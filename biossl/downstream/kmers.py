@@ -164,9 +164,7 @@ class KmerBaseline:
     def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int,
                     unlabelled: Sequence[str] = ()) -> np.ndarray:
         """Fit on ``train``; class probabilities for ``test``."""
-        from sklearn.linear_model import LogisticRegression
-
-        from biossl.downstream.methods import one_thread_if_small, standardise
+        from biossl.downstream.methods import balanced_logreg, one_thread_if_small, standardise
 
         if task.kind != "subtype" or task.y is None:
             raise InputError("--baseline-kmer is a classification baseline (k-mer logistic regression); "
@@ -174,11 +172,7 @@ class KmerBaseline:
         x = self.features.loc[task.patients].to_numpy(dtype=np.float64)
         with one_thread_if_small(x.size):
             x_train, x_test = standardise(x[train], x[test])
-            model = LogisticRegression(C=self.c, class_weight="balanced", max_iter=5000, random_state=seed)
-            model.fit(x_train, task.y[train])
-            proba = np.zeros((len(test), len(task.classes)))
-            proba[:, model.classes_] = model.predict_proba(x_test)
-        return proba
+            return balanced_logreg(x_train, task.y[train], x_test, len(task.classes), c=self.c, seed=seed)
 
 
 __all__ = ["MAX_K", "KmerBaseline", "kmer_counts", "kmer_names", "patient_kmer_frequencies"]

@@ -27,19 +27,19 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
+from biossl.downstream.finetune_settings import SurvivalLoss
 from biossl.downstream.heads import CoxHead, DiscreteTimeHead, Head, SubtypeHead, survival_bin_edges
 from biossl.downstream.tasks import Task
 from biossl.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-SurvivalLoss = Literal["cox", "discrete"]
 #: Feature matrices up to this many values are fitted on one thread.
 SMALL_PROBLEM = 4_000_000
 SURVIVAL_PSEUDO_LABELS = ("--semi-supervised applies to --task subtype only: pseudo-labels are confident class "
@@ -326,6 +326,22 @@ class LinearProbe:
                                  "used_fraction_per_round": used, "unsupervised_loss": unsupervised}}
 
 
+def balanced_logreg(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int, *, c: float,
+                    seed: int) -> np.ndarray:
+    """Class probabilities ``[n_test, n_classes]`` of scikit-learn's L2 logistic regression (``C = c``).
+
+    Balanced class weights, ``max_iter`` 5000, ``random_state`` ``seed``; ``y_train`` holds class indices
+    ``0..n_classes-1``, and a class absent from the training rows gets probability 0.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed)
+    model.fit(x_train, y_train)
+    proba = np.zeros((len(x_test), n_classes))
+    proba[:, model.classes_] = model.predict_proba(x_test)
+    return proba
+
+
 class PCABaseline:
     """Standardise, PCA, then logistic regression (subtype) or a penalised Cox model (survival).
 
@@ -369,19 +385,9 @@ class PCABaseline:
             pca = PCA(n_components=n, svd_solver="full", random_state=seed).fit(x_train)
             z_train, z_test = pca.transform(x_train), pca.transform(x_test)
             if task.kind == "subtype":
-                return self._logreg(task, train, z_train, z_test, seed)
+                assert task.y is not None
+                return balanced_logreg(z_train, task.y[train], z_test, len(task.classes), c=self.c, seed=seed)
             return self._cox(task, train, z_train, z_test)
-
-    def _logreg(self, task: Task, train: np.ndarray, z_train: np.ndarray, z_test: np.ndarray,
-                seed: int) -> np.ndarray:
-        from sklearn.linear_model import LogisticRegression
-
-        assert task.y is not None
-        model = LogisticRegression(C=self.c, class_weight="balanced", max_iter=5000, random_state=seed)
-        model.fit(z_train, task.y[train])
-        proba = np.zeros((len(z_test), len(task.classes)))
-        proba[:, model.classes_] = model.predict_proba(z_test)
-        return proba
 
     def _cox(self, task: Task, train: np.ndarray, z_train: np.ndarray, z_test: np.ndarray) -> np.ndarray:
         from lifelines import CoxPHFitter
@@ -396,5 +402,5 @@ class PCABaseline:
         return np.asarray(model.predict_log_partial_hazard(pd.DataFrame(z_test, columns=cols)), dtype=np.float64)
 
 
-__all__ = ["SURVIVAL_PSEUDO_LABELS", "LinearProbe", "Method", "PCABaseline", "balanced_class_weight", "feature_frame",
-           "fit_head", "make_head", "standardise"]
+__all__ = ["SURVIVAL_PSEUDO_LABELS", "LinearProbe", "Method", "PCABaseline", "balanced_class_weight", "balanced_logreg",
+           "feature_frame", "fit_head", "make_head", "standardise"]

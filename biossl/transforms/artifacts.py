@@ -67,8 +67,9 @@ import torch.nn.functional as F
 from biossl.data.keys import PAD_TOKEN
 from biossl.data.sequence import N_TOKEN
 from biossl.errors import InputError
-from biossl.transforms.expression_views import SPACES
+from biossl.transforms.expression_views import SPACES, scale_counts
 from biossl.transforms.stain import hed_to_rgb, rgb_to_hed
+from biossl.transforms.tile_views import gaussian_blur
 
 Seed = torch.Generator | int | None
 ArtifactFn = Callable[..., torch.Tensor]
@@ -155,16 +156,10 @@ def _pixel_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, tor
 # -- tiles ----------------------------------------------------------------------------------------
 def gaussian_kernel_blur(t: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur ``[N, C, H, W]`` with a separable Gaussian of ``sigma`` px (radius ``3 sigma``, reflect padding)."""
-    n, c, h, w = t.shape
-    radius = min(math.ceil(3 * sigma), min(h, w) - 1)
+    radius = min(math.ceil(3 * sigma), min(t.shape[-2:]) - 1)
     if radius < 1:
         return t.clone()
-    r = torch.arange(-radius, radius + 1, device=t.device, dtype=torch.float32)
-    k = torch.exp(-(r**2) / (2 * sigma**2))
-    k = (k / k.sum()).repeat(c, 1)
-    img = F.pad(t.float(), (radius, radius, radius, radius), mode="reflect")
-    img = F.conv2d(img, k[:, None, None, :], groups=c)
-    return F.conv2d(img, k[:, None, :, None], groups=c)
+    return gaussian_blur(t, sigma, radius)
 
 
 def blur(x: torch.Tensor, strength: float, generator: Seed = None, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -363,14 +358,6 @@ def _expression(x: torch.Tensor, gene_mask: torch.Tensor | None, space: str) -> 
     return gene_mask.bool()
 
 
-def _scale_counts(y: torch.Tensor, log_fold: torch.Tensor, space: str) -> torch.Tensor:
-    """Multiply the counts behind log values ``y`` by ``exp(log_fold)`` (natural log)."""
-    y = y.float()
-    if space == "log1p":
-        return torch.log1p(torch.exp(log_fold) * torch.expm1(y).clamp_min(0))
-    return torch.log2(1 + torch.exp(log_fold) * (torch.exp2(y) - 1).clamp_min(0))
-
-
 def library_size(x: torch.Tensor, strength: float, generator: Seed = None, *, mask: torch.Tensor | None = None,
                  gene_mask: torch.Tensor | None = None, space: str = "zscore") -> torch.Tensor:
     """Shallower sequencing: depth times ``2 ** (-2 * strength)`` (see the module doc per ``space``)."""
@@ -384,7 +371,7 @@ def library_size(x: torch.Tensor, strength: float, generator: Seed = None, *, ma
         if space == "zscore":
             new = t.float() + log2_fold
         else:
-            new = _scale_counts(t, torch.tensor(log2_fold * math.log(2), device=t.device), space)
+            new = scale_counts(t.float(), torch.exp(torch.tensor(log2_fold * math.log(2), device=t.device)), space)
         return torch.where(m, new, t.float())
 
     return _apply(x, mask, 1, run, gm)
@@ -416,7 +403,7 @@ def batch_shift(x: torch.Tensor, strength: float, generator: Seed = None, *, mas
     d = (s * _direction(x.shape[-1], signature_seed)).float().to(x.device)
 
     def run(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        new = t.float() + d if space == "zscore" else _scale_counts(t, d, space)
+        new = t.float() + d if space == "zscore" else scale_counts(t.float(), torch.exp(d), space)
         return torch.where(m, new, t.float())
 
     return _apply(x, mask, 1, run, gm)

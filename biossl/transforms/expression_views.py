@@ -39,6 +39,22 @@ def space_for_transform(transform: str) -> Space:
     return "log1p" if transform.endswith("log1p") else "zscore"
 
 
+def scale_counts(y: torch.Tensor, scale: torch.Tensor, space: str) -> torch.Tensor:
+    """Multiply the counts behind log values ``y`` by ``scale`` (broadcast against ``y``), in ``y``'s dtype.
+
+    ``"log1p"``: ``log(1 + c * expm1(y))``; ``"log2p"``: ``log2(1 + c * (2**y - 1))`` (module doc). Zeros
+    stay zero; counts below 0 from rounding are taken as 0.
+
+    Raises:
+        ValueError: ``space`` is not a log-count space.
+    """
+    if space == "log1p":
+        return torch.log1p(scale * torch.expm1(y).clamp_min(0.0))
+    if space == "log2p":
+        return torch.log2(1.0 + scale * (torch.exp2(y) - 1.0).clamp_min(0.0))
+    raise ValueError(f"counts can be scaled in the log-count spaces 'log1p' and 'log2p' only; got {space!r}")
+
+
 class ExpressionView(nn.Module):
     """Base: ``forward(x, gene_mask, generator) -> (x, gene_mask)``; leading dims are flattened."""
 
@@ -133,10 +149,7 @@ class LibrarySizeScale(ExpressionView):
         scale = torch.exp(uniform(n, -bound, bound, like=x, generator=generator))[:, None]
         on = coin(n, self.p, like=x, generator=generator)[:, None] & gene_mask
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        if self.space == "log1p":
-            scaled = torch.log1p(scale * torch.expm1(work).clamp_min(0.0))
-        else:
-            scaled = torch.log2(1.0 + scale * (torch.exp2(work) - 1.0).clamp_min(0.0))
+        scaled = scale_counts(work, scale, self.space)
         return torch.where(on, scaled.to(x.dtype), x), gene_mask
 
 

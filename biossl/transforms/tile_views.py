@@ -141,6 +141,26 @@ class ColorJitter(View):
         return torch.where(on, img.to(x.dtype), x)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor | float, radius: int) -> torch.Tensor:
+    """Blur ``[N, C, H, W]`` with a separable Gaussian truncated at ``radius`` px (reflect padding), in float32.
+
+    Args:
+        x: Images ``[N, C, H, W]``.
+        sigma: Standard deviation in px: one per instance (``[N]``), or one for all.
+        radius: Kernel half-width, at least 1 and below ``min(H, W)`` (reflect padding needs it).
+    """
+    n, c, h, w = x.shape
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    if isinstance(sigma, torch.Tensor):
+        kernel = torch.exp(-(t[None] ** 2) / (2 * sigma.to(x.device)[:, None] ** 2))
+    else:
+        kernel = torch.exp(-(t**2) / (2 * sigma**2))[None].expand(n, -1)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [N*C, K]
+    img = F.pad(x.float().reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    img = F.conv2d(img, kernel[:, None, None, :], groups=n * c)
+    return F.conv2d(img, kernel[:, None, :, None], groups=n * c).reshape(n, c, h, w)
+
+
 class GaussianBlur(View):
     """Blur with a Gaussian of standard deviation ``U[sigma]`` pixels (separable, reflect padding)."""
 
@@ -155,19 +175,13 @@ class GaussianBlur(View):
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Blur ``[N, C, H, W]``."""
-        n, c, h, w = x.shape
+        n, _, h, w = x.shape
         radius = min(math.ceil(3 * self.sigma[1]), min(h, w) - 1)
         sig = uniform(n, *self.sigma, like=x, generator=generator)
         on = coin(n, self.p, like=x, generator=generator).view(n, 1, 1, 1)
         if radius < 1:
             return x
-        t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
-        kernel = torch.exp(-(t[None] ** 2) / (2 * sig[:, None] ** 2))
-        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [N*C, K]
-        img = F.pad(x.float().reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
-        img = F.conv2d(img, kernel[:, None, None, :], groups=n * c)
-        img = F.conv2d(img, kernel[:, None, :, None], groups=n * c).reshape(n, c, h, w)
-        return torch.where(on, img.to(x.dtype), x)
+        return torch.where(on, gaussian_blur(x, sig, radius).to(x.dtype), x)
 
 
 #: Strength presets: parameters of :func:`build_views` ("default" holds every key).

@@ -6,8 +6,11 @@ Real data: scanpy's bundled ``pbmc68k_reduced`` (700 PBMC profiles; cell types i
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import Ridge
 from sklearn.metrics import balanced_accuracy_score
@@ -17,6 +20,7 @@ from biossl.audit import probes
 from biossl.audit.probes import (
     KnnProbe,
     LinearProbe,
+    ProbeCache,
     balanced_accuracy_many,
     group_folds,
     neighbours,
@@ -161,3 +165,63 @@ def test_a_real_biological_signal_is_found_and_a_permuted_one_is_not(
     null = probe_column(emb, prepare_column(site, donor.astype(str), column="site", min_groups=5), n_permutations=99)
     for r in null.values():
         assert r.p_value > 0.05 and r.excess < 0.1  # (below chance happens: sd of a null BA here ~0.04)
+
+
+def test_the_audit_builds_each_probe_once_per_row_subset_with_the_results_of_fresh_probes(
+        pbmc: tuple[np.ndarray, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    from biossl.audit.run import audit_embeddings
+
+    emb, labels, donor = pbmc
+    rng = np.random.default_rng(2)
+    site = (rng.permutation(100) % 3)[donor]
+    scanner = (rng.permutation(100) % 2)[donor]
+    batch = np.where(donor < 10, None, np.array(["b0", "b1"], dtype=object)[(rng.permutation(100) % 2)[donor]])
+    obs = pd.DataFrame({"site": site.astype(str), "scanner": scanner.astype(str), "batch": batch,
+                        "celltype": labels, "donor": donor.astype(str)}, index=[f"c{i}" for i in range(300)])
+    adata = ad.AnnData(X=np.zeros((300, 1), dtype=np.float32), obs=obs)
+    adata.obsm["X_fused"] = emb
+    built = {"linear": 0, "knn": 0}
+    for cls in (LinearProbe, KnnProbe):
+        def counting(self: object, *args: object, _init: Any = cls.__init__, _name: str = cls.name,
+                     **kwargs: object) -> None:
+            built[_name] += 1
+            _init(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "__init__", counting)
+    res = audit_embeddings(adata, ["site", "scanner", "batch"], label="celltype", group_column="donor",
+                           n_permutations=49, seed=3)
+    # site and scanner keep every row; batch drops the 30 cells of 10 donors; the cell type drops 2 rare
+    # classes: 3 row subsets for 4 columns (the robustness index's neighbours of every row are site's).
+    columns = {c: prepare_column(obs[c].to_numpy(), obs["donor"].to_numpy(), column=c, min_groups=5,
+                                 allow_varying=c == "celltype") for c in ["site", "scanner", "batch", "celltype"]}
+    assert len({tuple(c.rows) for c in columns.values()}) == 3
+    assert columns["batch"].rows.tolist() == list(range(30, 300)) and len(columns["celltype"].rows) < 300
+    assert built == {"linear": 3, "knn": 3}
+    entries = res["keys"][0]["columns"]
+    for name, col in columns.items():
+        built = {"linear": 0, "knn": 0}
+        fresh = probe_column(emb, col, n_permutations=49, seed=3)  # probes built for this column alone
+        assert built == {"linear": 1, "knn": 1}
+        for probe, result in fresh.items():
+            assert {k: entries[name][probe][k] for k in result.to_dict()} == result.to_dict()
+    assert "robustness" in res["keys"][0]["batch"]["site"]
+
+
+def test_probe_cache_shares_probes_between_columns_with_the_same_rows(
+        pbmc: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    emb, _, donor = pbmc
+    groups = donor.astype(str)
+    site = prepare_column(np.random.default_rng(0).permutation(100)[donor] % 3, groups, column="site", min_groups=5)
+    scanner = prepare_column(np.random.default_rng(1).permutation(100)[donor] % 2, groups, column="scanner",
+                             min_groups=5)
+    values = (np.random.default_rng(2).permutation(100)[donor] % 2).astype(object)
+    values[:6] = None
+    batch = prepare_column(values, groups, column="batch", min_groups=5, log=False)
+    cache = ProbeCache(emb, n_folds=5, k=10, seed=4)
+    assert cache.probes(site)[0] is cache.probes(scanner)[0] and cache.probes(site)[1] is cache.probes(scanner)[1]
+    assert cache.probes(batch)[0] is not cache.probes(site)[0]
+    assert cache.built == {"linear": 2, "knn": 2}
+    for col in (site, scanner, batch):
+        cached = cache.probe_column(col, n_permutations=39)
+        fresh = probe_column(emb, col, k=10, n_permutations=39, seed=4)
+        assert {k: v.to_dict() for k, v in cached.items()} == {k: v.to_dict() for k, v in fresh.items()}
+    assert cache.built == {"linear": 2, "knn": 2}

@@ -106,7 +106,24 @@ def test_audit_from_a_checkpoint_and_manifest(pretrained: tuple[Path, Path], dem
 
 @pytest.mark.integration
 def test_audit_with_synthetic_artifacts_draws_their_curves(pretrained: tuple[Path, Path], demo_cohort: Path,
-                                                           tmp_path: Path) -> None:
+                                                           embedded: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from biossl.downstream import embed
+    from biossl.modules.pretrain import PretrainModule
+
+    opened = {"checkpoint": 0, "cohort": 0}
+    load, open_cohort = PretrainModule.from_checkpoint.__func__, embed.open_cohort
+
+    def counting_load(cls: type, *args: object, **kwargs: object) -> object:
+        opened["checkpoint"] += 1
+        return load(cls, *args, **kwargs)
+
+    def counting_open(*args: object, **kwargs: object) -> object:
+        opened["cohort"] += 1
+        return open_cohort(*args, **kwargs)
+
+    monkeypatch.setattr(PretrainModule, "from_checkpoint", classmethod(counting_load))
+    monkeypatch.setattr(embed, "open_cohort", counting_open)
     checkpoint, work = pretrained
     code = main(["audit", "--checkpoint", str(checkpoint), "--manifest", str(demo_cohort / "manifest.csv"),
                  "--labels", str(demo_cohort / "labels.csv"), "--work-dir", str(work), "--columns", "site",
@@ -119,6 +136,15 @@ def test_audit_with_synthetic_artifacts_draws_their_curves(pretrained: tuple[Pat
     page = (tmp_path / "report.html").read_text()
     assert "drift by artifact strength" not in page  # (a matplotlib title: drawn in the PNG, not in the HTML)
     assert page.count('alt="drift curves ') == 4 and "not run" not in page
+    # The checkpoint is loaded and the cohort opened once, for the embeddings and the artifact probes.
+    assert opened == {"checkpoint": 1, "cohort": 1}
+    # Auditing the same embeddings from `biossl embed` opens the cohort for the probes only: the same records.
+    out = tmp_path / "from_embeddings"
+    assert main(["audit", "--embeddings", str(embedded), "--checkpoint", str(checkpoint), "--manifest",
+                 str(demo_cohort / "manifest.csv"), "--work-dir", str(work), "--columns", "site", "--label", "subtype",
+                 "--keys", "X_fused", *FAST, "--artifacts", "--out", str(out)]) in (0, 1)
+    assert opened == {"checkpoint": 2, "cohort": 2}
+    assert json.loads((out / "audit.json").read_text())["artifacts"] == records
 
 
 def test_artifacts_need_a_checkpoint(clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

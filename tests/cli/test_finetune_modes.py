@@ -120,12 +120,19 @@ def test_kmer_baseline_alone_from_the_manifest(demo_cohort: Path, tmp_path: Path
 
 
 def test_cli_defaults_are_the_library_defaults() -> None:
+    import subprocess
+    import sys
+
     from biossl.commands.finetune import D
     from biossl.downstream.finetuning import FinetuneSettings
 
     s = FinetuneSettings()
     assert (D.epochs, D.batch_size, D.lr, D.encoder_lr, D.weight_decay, D.pseudo_threshold, D.pseudo_weight) == (
         s.epochs, s.batch_size, s.lr, s.encoder_lr, s.weight_decay, s.pseudo_threshold, s.pseudo_weight)
+    # The defaults come without torch, so that `biossl finetune --help` stays fast.
+    code = "import sys, biossl.commands.finetune; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(("extra", "message"), [

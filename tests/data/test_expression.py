@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
+from biossl.data.cohort import Cohort
 from biossl.data.expression import normalize_expression, probe, read_expression, table_patients
-from biossl.errors import ExpressionError
+from biossl.errors import ExpressionError, ManifestError
 
 KIRC = "expression/tcga_kirc_extract.csv"
 COUNTS = "expression/pbmc68k_counts.h5ad"
@@ -240,7 +242,41 @@ def test_sparse_nan_and_negative_are_located(fixtures: Path, tmp_path: Path) -> 
     a.write_h5ad(tmp_path / "neg.h5ad")
     with pytest.raises(ExpressionError, match=rf"negative values \(first: gene '{gene}', row '{cell}'\)"):
         read_expression(tmp_path / "neg.h5ad", normalized=False)
-    assert read_expression(tmp_path / "neg.h5ad").uns["biossl"]["transform"] == "none"
+    # undeclared, one negative whole number among counts is an error too; declared normalised, it is read as is
+    with pytest.raises(ExpressionError, match=rf"1 value\(s\) are negative \(first: gene '{gene}', row '{cell}'\)"):
+        read_expression(tmp_path / "neg.h5ad")
+    assert read_expression(tmp_path / "neg.h5ad", normalized=True).uns["biossl"]["transform"] == "none"
+
+
+def test_negative_counts_are_one_error_not_a_warning_then_an_error(
+    fixtures: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Real PBMC counts with one count set to -3: the cohort check and the reader raise the same error, and
+    nothing is logged before it (it used to be a warning from the reader, then an error from the probe)."""
+    a = ad.read_h5ad(fixtures / COUNTS)[:5, :40].copy()
+    x = np.asarray(a.X.toarray())
+    x[2, 3] = -3
+    a.X = x
+    a.write_h5ad(tmp_path / "counts.h5ad")
+    expected = (rf"counts\.h5ad: looks like raw counts \(whole numbers\) but 1 value\(s\) are negative "
+                rf"\(first: gene '{a.var_names[3]}', row '{a.obs_names[2]}'\); counts cannot be negative: "
+                "fix or drop these entries")
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ExpressionError, match=expected):
+            probe(tmp_path / "counts.h5ad")
+        with pytest.raises(ExpressionError, match=expected):
+            read_expression(tmp_path / "counts.h5ad")
+        pd.DataFrame({"patient_id": [a.obs_names[0]], "modality": ["expression"], "path": ["counts.h5ad"]}).to_csv(
+            tmp_path / "m.csv", index=False)
+        with pytest.raises(ManifestError, match="row 2: .*" + expected) as info:
+            Cohort.from_manifest(tmp_path / "m.csv")
+    assert str(info.value).count("counts cannot be negative") == 1  # one problem line for the file
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    # more negative whole numbers (copy-number calls, -2..2) are normalised integer data, not bad counts
+    x[:, :] = np.tile([-2, -1, 0, 1, 2], 8)
+    a.X = x
+    cnv = normalize_expression(a.copy())
+    assert cnv.uns["biossl"]["transform"] == "none" and "negative" in cnv.uns["biossl"]["detected"]
 
 
 def test_top_genes_on_normalised_table_by_variance(kirc: Path, kirc_df: pd.DataFrame) -> None:

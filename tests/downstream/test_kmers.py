@@ -101,3 +101,22 @@ def test_kmer_baseline_scores_the_demo_patients_with_dna(demo_cohort: Path) -> N
     assert all(0.0 <= f["macro_auroc"] <= 1.0 for f in result["folds"])
     with pytest.raises(InputError, match="--baseline-kmer is a classification baseline"):
         baseline.fit_predict(survival_task(labels).subset(task.patients), np.arange(8), np.arange(8, 16), seed=0)
+
+
+def test_kmer_baseline_is_the_shared_balanced_logistic_regression(demo_cohort: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from biossl.downstream.methods import balanced_logreg, standardise
+
+    freqs = patient_kmer_frequencies(Cohort.from_manifest(demo_cohort / "manifest.csv"), 3)
+    baseline = KmerBaseline(freqs, k=3, c=0.5)
+    task = common_patients(subtype_task(read_labels(demo_cohort / "labels.csv"), "subtype"), [baseline])
+    train, test = np.arange(0, len(task), 2), np.arange(1, len(task), 2)
+    proba = baseline.fit_predict(task, train, test, seed=3)
+    x_train, x_test = standardise(*(freqs.loc[task.patients].to_numpy(dtype=np.float64)[i] for i in (train, test)))
+    ref = LogisticRegression(C=0.5, class_weight="balanced", max_iter=5000, random_state=3).fit(x_train, task.y[train])
+    assert proba.shape == (len(test), len(task.classes))
+    assert np.allclose(proba[:, ref.classes_], ref.predict_proba(x_test)) and np.allclose(proba.sum(axis=1), 1.0)
+    # A class without training patients (here a third, index 0) gets probability 0; the others keep theirs.
+    shifted = balanced_logreg(x_train, task.y[train] + 1, x_test, len(task.classes) + 1, c=0.5, seed=3)
+    assert np.all(shifted[:, 0] == 0) and np.allclose(shifted[:, 1:], proba)

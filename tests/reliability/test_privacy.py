@@ -112,9 +112,11 @@ def test_pseudonymize_replaces_ids_and_drops_identifying_columns(
     plain, pseudo = ad.read_h5ad(embedded), ad.read_h5ad(out)
     # Same rows in the same order, IDs replaced by HMAC-SHA256(salt, ID).
     assert list(pseudo.obs_names) == [_hmac(p) for p in plain.obs_names]
-    np.testing.assert_array_equal(pseudo.X, plain.X)
+    # The same numbers up to float32 rounding: the two embed runs may split their reductions over a different
+    # number of threads (the in-process run follows earlier tests' torch thread settings).
+    np.testing.assert_allclose(pseudo.X, plain.X, rtol=1e-5, atol=1e-6)
     for key in plain.obsm:
-        np.testing.assert_array_equal(pseudo.obsm[key], plain.obsm[key])
+        np.testing.assert_allclose(pseudo.obsm[key], plain.obsm[key], rtol=1e-5, atol=1e-6)
     # Kept: modality flags, labels, site / intensity; dropped: the TCGA case barcode.
     assert "tcga_case" in plain.obs.columns and "tcga_case" not in pseudo.obs.columns
     assert {"site", "intensity", "subtype", "has_wsi", "has_expression"} <= set(pseudo.obs.columns)

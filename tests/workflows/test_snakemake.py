@@ -303,3 +303,53 @@ def test_audit_exit_codes_gate_the_workflow(demo_run: tuple[Path, bool, float], 
     assert proc.returncode != 0, output_of(proc)
     assert "no_such_column" in log.read_text(), log.read_text()
     assert "going on" not in log.read_text()
+
+
+# (d) bad slides, a blank slide and an untidy manifest (skip_bad) --------------------------------------------
+
+
+def test_skip_bad_plans_no_tile_job_for_a_rejected_slide_and_a_blank_slide_warns(tmp_path: Path) -> None:
+    """``skip_bad: true`` on the demo with a truncated slide, a real-glass slide and an untidy manifest.
+
+    The cohort check rejects the truncated slide: no tile job is planned for it. The glass slide (no tissue)
+    gets a warning and an ``.h5`` listing no tiles, which pretraining reads. One row has spaces and an
+    upper-case modality and the manifest a blank line: the workflow reads it with biossl's reader, so it
+    plans the slides biossl uses. Up to pretraining (2 steps).
+    """
+    import h5py
+    import pandas as pd
+
+    root = demo_workdir(tmp_path / "wf")
+    demo = root / "biossl" / "demo_data"
+    slides = demo / "slides"
+    data = (slides / "DEMO-04.svs").read_bytes()
+    (slides / "DEMO-04.svs").write_bytes(data[: len(data) // 2])  # truncated: the cohort check rejects it
+    (slides / "DEMO-03.svs").write_bytes((REPO / "tests" / "fixtures" / "wsi" / "glass.svs").read_bytes())
+    lines = (demo / "manifest.csv").read_text().splitlines()
+    untidy = [line.replace(",wsi,slides/DEMO-05.svs,", ", WSI , slides/DEMO-05.svs ,") for line in lines]
+    untidy.insert(5, "")  # a blank line
+    (demo / "manifest.csv").write_text("\n".join(untidy) + "\n")
+    assert ", WSI , slides/DEMO-05.svs ," in (demo / "manifest.csv").read_text()
+    config = overlay(root / "bad_slides.yaml", {"skip_bad": True, "pretrain": {"max_steps": 2}})
+
+    proc = snakemake("--configfile", DEMO_CONFIG, config, "--cores", "2", "results/pretrain/checkpoints/last.ckpt",
+                     cwd=root)
+    assert proc.returncode == 0, output_of(proc)
+    res = root / "results"
+    rejected = json.loads((res / "cohort" / "report.json").read_text())
+    assert [p["path"] for p in rejected if p["row"] is not None] == ["slides/DEMO-04.svs"]
+    # no tile job for the rejected slide; one for every other, the untidy row's included
+    assert not (res / "logs" / "tile" / "DEMO-04.log").exists() and not (res / "tile" / "tiles" / "DEMO-04.h5").exists()
+    tiled = sorted(p.stem for p in (res / "tile" / "tiles").glob("*.h5"))
+    assert tiled == ["CMU-1-Small-Region", "DEMO-03", "DEMO-05", "DEMO-08", "DEMO-15", "DEMO-23", "DEMO-24"]
+    # the blank slide: a warning in its log, an .h5 listing no tiles, and a thumbnail showing why
+    assert "no tile has tissue" in (res / "logs" / "tile" / "DEMO-03.log").read_text()
+    with h5py.File(res / "tile" / "tiles" / "DEMO-03.h5", "r") as f:
+        assert f["coords"].shape == (0, 2)
+    assert (res / "tile" / "tiles" / "DEMO-03_thumbnail.png").stat().st_size > 0
+    # pretraining reused every tile file (the blank one too) and trained without the rejected slide
+    log = (res / "logs" / "pretrain.log").read_text()
+    assert log.count("already tiled") == len(tiled), log[-3000:]
+    assert "DEMO-04.svs" in log and "skipping" in log  # the data module skips the same row, with a warning
+    assert pd.read_csv(res / "pretrain" / "metrics.csv")["step"].max() == 1
+    assert (root / "results" / "pretrain" / "checkpoints" / "last.ckpt").stat().st_size > 0
