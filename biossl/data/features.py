@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from biossl import __version__
 from biossl.data.tiles import SlideTiles, TileDataset
-from biossl.errors import InputError, SlideError
+from biossl.errors import InputError
 from biossl.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,6 @@ def write_tile_features(
     if out.resolve() == coords_h5.resolve():
         raise InputError(f"--out {out_dir} is the coordinates folder; features would overwrite {coords_h5}")
     tiles = SlideTiles(coords_h5)
-    if len(tiles) == 0:
-        raise SlideError(f"{coords_h5} lists no tiles; tile the slide again with a lower --min-tissue")
     tile_px = int(tile_px or encoder_input_px(encoder) or tiles.tile_size)
     identity = {
         "encoder": encoder_name or type(encoder).__name__,
@@ -163,6 +161,9 @@ def write_tile_features(
     if not overwrite and _cached(out, tiles.coords, identity):
         logger.info("%s: features already cached in %s, skipped", coords_h5.stem, out)
         return out
+    if len(tiles) == 0:  # a slide without tissue (`biossl tile --keep-empty`): a features file without rows
+        logger.warning("%s lists no tiles (no tissue): its features file has no rows and its patient no tiles "
+                       "from it; tile the slide again with a lower --min-tissue to use it", coords_h5)
     dev = resolve_device(device)
     encoder.to(dev).eval()
     dataset = TileDataset([coords_h5], transform=ResizeTile(tile_px))

@@ -156,3 +156,36 @@ def test_feature_files_for_names_the_missing_slide(coords64: Path, tmp_path: Pat
         f.create_dataset("features", data=np.zeros((3, 32), np.float16))
     with pytest.raises(InputError, match="differ in width.*D=32: .*other.h5"):
         common_embed_dim([tmp_path / "he_small.h5", tmp_path / "other.h5"])
+
+
+def test_a_slide_without_tissue_gets_a_features_file_without_rows(fixtures: Path, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """``biossl tile --keep-empty`` marks a glass slide with an ``.h5`` listing no tiles; caching features of
+    it writes a file without rows (not an error), and a features-mode bag gives its patient no tiles from it."""
+    import logging
+
+    import pandas as pd
+
+    coords = tmp_path / "coords"
+    for name in ("glass.svs", "he_small.svs"):
+        tile_slide(fixtures / "wsi" / name, coords, tile_size=64, keep_empty=True)
+    assert len(SlideTiles(coords / "glass.h5")) == 0
+    enc = _vit()
+    with caplog.at_level(logging.WARNING, logger="biossl.data.features"):
+        empty = write_tile_features(coords / "glass.h5", enc, tmp_path / "f", progress=False)
+    assert "lists no tiles (no tissue)" in caplog.text
+    with h5py.File(empty, "r") as f:
+        assert f["features"].shape == (0, enc.embed_dim) and int(f.attrs["n_tiles"]) == 0
+    write_tile_features(coords / "he_small.h5", enc, tmp_path / "f", progress=False)
+    assert write_tile_features(coords / "glass.h5", enc, tmp_path / "f", progress=False) == empty  # reused
+    for name in ("glass.svs", "he_small.svs"):
+        (tmp_path / name).symlink_to(fixtures / "wsi" / name)
+    table = pd.DataFrame({"patient_id": ["P1", "P2", "P2"], "modality": "wsi",
+                          "path": [str(tmp_path / "glass.svs"), str(tmp_path / "glass.svs"),
+                                   str(tmp_path / "he_small.svs")]})
+    table.to_csv(tmp_path / "m.csv", index=False)
+    bags = PatientBagDataset(Cohort.from_manifest(tmp_path / "m.csv"), spec=BagSpec(tiles=4, tile_px=64),
+                             features_dir=tmp_path / "f", train=False)
+    by_patient = {bags.patients[i]: bags[(i, 0)] for i in range(len(bags.patients))}
+    assert keys.WSI not in by_patient["P1"]  # glass only: the modality is missing, not an error
+    assert by_patient["P2"][keys.WSI]["x"].shape == (4, enc.embed_dim)  # its tiles come from the H&E slide only
