@@ -67,8 +67,10 @@ class BagDataModule(pl.LightningDataModule):
         tile_size: Tile edge at ``mpp`` (pixels) written by the tiler.
         min_tissue: Minimum tissue fraction of a kept tile.
         slide_mpp: Level-0 µm/px of the slides, for files without it in their metadata (as ``biossl tile
-            --slide-mpp``; it overrides the metadata of every slide tiled here). Slides already tiled with
-            the same ``mpp``, ``tile_size`` and ``min_tissue`` are reused without it.
+            --slide-mpp``; it overrides the metadata of every slide tiled here). A ``slide_mpp`` column of
+            the manifest gives it per slide: a wsi row's value wins over this default, which applies to
+            rows left empty (:func:`biossl.data.tiling.manifest_slide_mpp`). Slides already tiled with the same ``mpp``,
+            ``tile_size`` and ``min_tissue`` are reused without it.
         skip_bad: Skip unreadable manifest rows with a warning and a report instead of failing.
         features_dir: Cached tile embeddings from ``biossl cache-features``; slides are then read as
             feature vectors (use the ``features/mlp`` encoder for ``wsi``) and are not tiled again.
@@ -169,20 +171,24 @@ class BagDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Check the cohort in full, then tile every slide of the cohort that has no coordinates yet.
 
+        A slide's level-0 µm/px comes from the manifest's ``slide_mpp`` column when its row has one,
+        else from ``data.slide_mpp``, else from the file's metadata.
+
         Lightning calls this once per run, on the first process of each node, before :meth:`setup`: the
         full check (:meth:`check_cohort`) reads the voxels of floating-point NIfTI, so a scan with NaN
         stops the run before its first step (or, with ``skip_bad``, is skipped and reported). Called
         without a trainer (``biossl embed`` opens a cohort so), it probes headers only; a bad scan is
         then caught when it is read.
         """
-        from biossl.data.tiling import tile_slides
+        from biossl.data.tiling import manifest_slide_mpp, tile_slides
 
         cohort = self.check_cohort() if self.trainer is not None else self.load_cohort()
         slides = sorted({f for p in cohort.patients for f in cohort.files(p, keys.WSI)})
         if slides and self.features_dir is None:
             # A slide without tissue: a warning and an .h5 listing no tiles (the patient's bag has none from it).
+            slide_mpp = manifest_slide_mpp(cohort.table, self.slide_mpp, manifest=self.manifest)
             tile_slides(slides, self.coords_dir, mpp=self.mpp, tile_size=self.tile_size,
-                        min_tissue=self.min_tissue, slide_mpp=self.slide_mpp, keep_empty=True)
+                        min_tissue=self.min_tissue, slide_mpp=slide_mpp, keep_empty=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the bag dataset (and the gene vocabulary when none was given)."""

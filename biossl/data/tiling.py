@@ -12,6 +12,13 @@ finished slides are not redone, and the slide that was being written when the ru
 again (its temporary files, ``.<name>.*.tmp`` beside the outputs, are removed first). An ``.h5``
 that does not open is tiled again with a warning; ``overwrite=True`` (``--overwrite``) redoes every
 slide.
+
+**Slide µm/px.** :func:`tile_slides` takes ``slide_mpp`` as one number for every slide, or as a
+mapping ``{slide path: µm/px}`` (a manifest's ``slide_mpp`` column, matched on resolved absolute
+paths) for per-slide values; a slide absent from the mapping uses its metadata. A slide's given value
+is one of its reuse parameters: an ``.h5`` made with another is an error, not a silent reuse.
+:func:`manifest_slide_mpp` builds the mapping from a manifest's rows (the data module and the
+Snakemake workflow use it, so both tile a slide with the same value).
 """
 
 from __future__ import annotations
@@ -19,20 +26,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import h5py
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from biossl import __version__
+from biossl.data.cohort import ROW
+from biossl.data.keys import MODALITY, PATH, PATIENT_ID, WSI
 from biossl.data.tissue import TissueMask, detect_tissue, write_thumbnail
 from biossl.data.wsi import Slide
-from biossl.errors import SlideError
+from biossl.errors import ManifestError, SlideError
 from biossl.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -175,6 +184,10 @@ def tile_slide(
         NoTissueError: No tile reaches ``min_tissue`` and not ``keep_empty`` (no ``.h5`` is written; the
             thumbnail is, so a person can see why). :func:`tile_slides` turns this into a warning and a skip.
     """
+    # Imported here: the Snakemake workflow imports this module for manifest_slide_mpp from a working
+    # directory whose biossl/ data folder can shadow the package's __init__ (its submodules still resolve).
+    from biossl import __version__
+
     path, out_dir = Path(path), Path(out_dir)
     if not 0.0 <= min_tissue <= 1.0:
         raise SlideError(f"--min-tissue must be between 0 and 1, got {min_tissue}")
@@ -281,6 +294,68 @@ def select_shard(paths: Iterable[str | os.PathLike[str]], shard: tuple[int, int]
     return ordered[i::n]
 
 
+SlideMpp: TypeAlias = float | Mapping[str, float] | Mapping[Path, float] | Mapping[str | Path, float] | None
+"""``slide_mpp`` of :func:`tile_slides`: one level-0 µm/px for all slides, per-slide values, or none."""
+
+
+def _slide_mpp_lookup(slide_mpp: SlideMpp) -> Callable[[Path], float | None]:
+    """``path -> slide_mpp`` for that slide: the one number, its mapping entry (resolved paths), or None."""
+    if slide_mpp is None or not isinstance(slide_mpp, Mapping):
+        return lambda _path: slide_mpp
+    per_slide = {Path(k).resolve(): float(v) for k, v in slide_mpp.items()}
+    return lambda path: per_slide.get(path.resolve())
+
+
+#: The manifest column giving a slide's level-0 µm/px (wsi rows; empty = the default or the metadata).
+SLIDE_MPP = "slide_mpp"
+
+
+def manifest_slide_mpp(table: pd.DataFrame, default: float | None, *, manifest: Path | None = None
+                       ) -> float | dict[str, float] | None:
+    """The ``slide_mpp`` for :func:`tile_slides` from the wsi rows of a manifest's ``slide_mpp`` column.
+
+    ``table`` is a :attr:`biossl.data.cohort.Cohort.table` or :func:`biossl.data.cohort.read_manifest`'s
+    rows (absolute ``path``, ``manifest_row``); rows without a path are ignored.
+
+    Without a ``slide_mpp`` column this is ``default`` itself. With one, it is ``{slide path: µm/px}``
+    holding each wsi row's value, or ``default`` where the row's cell is empty; slides with neither are
+    left out (they use their metadata).
+
+    Raises:
+        ManifestError: A cell is not a positive number, or two rows give one slide different values
+            (the message names the manifest row, the patient and the file).
+    """
+    if SLIDE_MPP not in table.columns:
+        return default
+    where = f"manifest {manifest}" if manifest is not None else "manifest"
+    given: dict[str, tuple[float, int]] = {}
+    values: dict[str, float] = {}
+    rows = table[table[MODALITY] == WSI]
+    for patient, path, raw, row in rows[[PATIENT_ID, PATH, SLIDE_MPP, ROW]].itertuples(index=False):
+        if not path:
+            continue
+        text = "" if raw is None or (isinstance(raw, float) and np.isnan(raw)) else str(raw).strip()
+        if not text:
+            if default is not None:
+                values.setdefault(path, default)
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (np.isfinite(value) and value > 0):
+            raise ManifestError(f"{where}, row {row}: patient {patient!r}, wsi file {path}: slide_mpp {text!r} is not "
+                                "a positive number of µm per pixel; write the scanner's level-0 µm/px (0.25 at 40x, "
+                                "0.5 at 20x) or leave the cell empty to use the slide's metadata")
+        if path in given and not np.isclose(given[path][0], value):
+            raise ManifestError(f"{where}, row {row}: patient {patient!r}, wsi file {path}: slide_mpp {value:g} "
+                                f"differs from row {given[path][1]}'s {given[path][0]:g} for the same slide; "
+                                "give one value")
+        given[path] = (value, row)
+        values[path] = value
+    return values
+
+
 def tile_slides(
     paths: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -288,6 +363,7 @@ def tile_slides(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    slide_mpp: SlideMpp = None,
     **options: Any,
 ) -> list[TilingResult]:
     """Tile many slides into ``out_dir``, skipping those already done with the same parameters.
@@ -305,7 +381,11 @@ def tile_slides(
         shard: ``(i, n)`` to process every ``n``-th slide of the sorted list starting at ``i``.
         progress: Show a tqdm progress bar.
         overwrite: Tile every slide again, also those with a finished ``.h5`` (made with any options).
-        **options: Keyword options of :func:`tile_slide`.
+        slide_mpp: Level-0 µm/px overriding or supplying the slides' metadata: one number for every
+            slide, or ``{slide path: µm/px}`` (str or Path keys, compared as resolved absolute paths)
+            for per-slide values, slides absent from it using their metadata. A slide's value is part
+            of its reuse parameters; without one, a finished ``.h5`` is reused whatever it was made with.
+        **options: Other keyword options of :func:`tile_slide`.
 
     Returns:
         One :class:`TilingResult` per tiled or reused slide.
@@ -316,13 +396,17 @@ def tile_slides(
     """
     out_dir = Path(out_dir)
     slides = select_shard(paths, shard)
-    params = {
+    mpp_of = _slide_mpp_lookup(slide_mpp)
+    common = {
         "target_mpp": options.get("mpp", 0.5),
         "tile_size": options.get("tile_size", 256),
         "min_tissue": options.get("min_tissue", 0.5),
     }
-    if options.get("slide_mpp") is not None:
-        params["slide_mpp"] = options["slide_mpp"]
+
+    def params_of(path: Path) -> dict[str, Any]:
+        given = mpp_of(path)
+        return common if given is None else {**common, "slide_mpp": given}
+
     stems: dict[str, Path] = {}
     problems: list[str] = []
     for path in slides:
@@ -330,9 +414,9 @@ def tile_slides(
             problems.append(f"{path} and {stems[path.stem]} would both write {path.stem}.h5; rename one")
         stems[path.stem] = path
         # A slide already tiled with these options is not read again: it needs no µm/px (given at tiling).
-        done = not overwrite and _tiled_with(out_dir / f"{path.stem}.h5", params)
+        done = not overwrite and _tiled_with(out_dir / f"{path.stem}.h5", params_of(path))
         try:
-            Slide(path, slide_mpp=options.get("slide_mpp"), require_mpp=not done).close()
+            Slide(path, slide_mpp=mpp_of(path), require_mpp=not done).close()
         except SlideError as exc:
             problems.append(str(exc))
     if problems:
@@ -342,7 +426,7 @@ def tile_slides(
     blank: list[str] = []
     for path in tqdm(slides, desc="tiling", unit="slide", disable=not progress):
         h5_path = out_dir / f"{path.stem}.h5"
-        if not overwrite and _reusable(h5_path, params):
+        if not overwrite and _reusable(h5_path, params_of(path)):
             old = read_params(h5_path)
             results.append(
                 TilingResult(
@@ -360,7 +444,7 @@ def tile_slides(
             continue
         remove_stale_temporaries(out_dir, path.stem)
         try:
-            results.append(tile_slide(path, out_dir, **options))
+            results.append(tile_slide(path, out_dir, slide_mpp=mpp_of(path), **options))
         except NoTissueError as exc:
             logger.warning("skipping: %s", exc)
             blank.append(str(exc))

@@ -19,7 +19,10 @@ from biossl.errors import SlideError
 
 logger = logging.getLogger(__name__)
 
-_FIX_MPP = "pass --slide-mpp (slide_mpp=) with the scanner's µm per pixel at level 0 (0.25 at 40x, 0.5 at 20x)"
+_FIX_MPP = (
+    "pass --slide-mpp (slide_mpp=), or give the slide a slide_mpp value in the manifest, with the scanner's "
+    "µm per pixel at level 0 (0.25 at 40x, 0.5 at 20x)"
+)
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF and BigTIFF, both byte orders
 
 

@@ -1,0 +1,100 @@
+"""The manifest's ``slide_mpp`` column: per-slide level-0 µm/px for a cohort that mixes slides with and without it.
+
+Slides: ``tests/fixtures/wsi/he_small_nompp.svs`` (the repo's real H&E slide without ``MPP`` in its
+ImageDescription) copied as ``a.svs``, and ``he_small.svs`` (the same slide with 0.5 µm/px) as ``b.svs``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+
+from biossl.data.bags import BagSpec
+from biossl.data.datamodule import BagDataModule
+from biossl.data.tiling import tile_slides
+from biossl.errors import InputError, SlideError
+
+SPEC = BagSpec(tiles=2, tile_px=32, modalities=("wsi",))
+
+
+def _manifest(folder: Path, slide_mpp: list[object] | None) -> Path:
+    """P1: ``a.svs`` (no µm/px), P2: ``b.svs`` (0.5 µm/px); a ``slide_mpp`` column when given."""
+    table = pd.DataFrame({"patient_id": ["P1", "P2"], "modality": "wsi", "path": ["a.svs", "b.svs"]})
+    if slide_mpp is not None:
+        table["slide_mpp"] = slide_mpp
+    table.to_csv(folder / "m.csv", index=False)
+    return folder / "m.csv"
+
+
+@pytest.fixture()
+def folder(fixtures: Path, tmp_path: Path) -> Path:
+    shutil.copy(fixtures / "wsi" / "he_small_nompp.svs", tmp_path / "a.svs")
+    shutil.copy(fixtures / "wsi" / "he_small.svs", tmp_path / "b.svs")
+    return tmp_path
+
+
+def _attrs(h5: Path) -> tuple[float, bool, int]:
+    with h5py.File(h5, "r") as f:
+        return float(f.attrs["slide_mpp"]), bool(f.attrs["slide_mpp_overridden"]), int(f.attrs["n_tiles"])
+
+
+def test_column_supplies_mpp_of_the_slide_without_it(folder: Path) -> None:
+    manifest = _manifest(folder, ["0.5", ""])
+    dm = BagDataModule(manifest, work_dir=folder / "work", spec=SPEC)
+    dm.prepare_data()
+    tiles = folder / "work" / "tiles"
+    assert _attrs(tiles / "a.h5") == (0.5, True, 4)  # the row's value, recorded as given
+    assert _attrs(tiles / "b.h5") == (0.5, False, 4)  # its own metadata
+    dm.setup("fit")
+    assert dm.dataset is not None and dm.dataset[(0, 0)]["wsi"]["x"].shape == (2, 3, 32, 32)
+
+
+def test_row_value_wins_over_data_slide_mpp_which_fills_empty_rows(folder: Path) -> None:
+    manifest = _manifest(folder, [0.5, None])
+    BagDataModule(manifest, work_dir=folder / "work", spec=SPEC, slide_mpp=0.25).prepare_data()
+    tiles = folder / "work" / "tiles"
+    assert _attrs(tiles / "a.h5")[:2] == (0.5, True)
+    assert _attrs(tiles / "b.h5")[:2] == (0.25, True)  # the default overrides b's metadata, as before
+
+
+def test_per_slide_value_is_a_reuse_parameter(folder: Path) -> None:
+    work = folder / "work"
+    BagDataModule(_manifest(folder, [0.5, None]), work_dir=work, spec=SPEC).prepare_data()
+    stamp = (work / "tiles" / "a.h5").stat().st_mtime_ns
+    BagDataModule(_manifest(folder, [0.5, None]), work_dir=work, spec=SPEC).prepare_data()
+    assert (work / "tiles" / "a.h5").stat().st_mtime_ns == stamp  # reused
+    with pytest.raises(SlideError, match=r"a\.h5 was made with slide_mpp=0\.5 \(now 0\.4\)"):
+        BagDataModule(_manifest(folder, [0.4, None]), work_dir=work, spec=SPEC).prepare_data()
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-0.5", "inf"])
+def test_bad_value_names_the_row_patient_and_file(folder: Path, bad: str) -> None:
+    manifest = _manifest(folder, [bad, ""])
+    dm = BagDataModule(manifest, work_dir=folder / "work", spec=SPEC, slide_mpp=0.5)
+    with pytest.raises(InputError, match=r"row 2: patient 'P1', wsi file .*a\.svs: slide_mpp .* is not a positive "
+                                         r"number.*leave the cell empty"):
+        dm.prepare_data()
+    assert not (folder / "work" / "tiles").exists()  # nothing tiled before the error
+
+
+def test_without_a_value_the_missing_mpp_error_remains(folder: Path) -> None:
+    for column in (None, ["", "0.5"]):  # no column, or a column empty on the slide without µm/px
+        dm = BagDataModule(_manifest(folder, column), work_dir=folder / "work", spec=SPEC)
+        with pytest.raises(SlideError, match=r"a\.svs.*slide_mpp="):
+            dm.prepare_data()
+
+
+def test_tile_slides_mapping_matches_resolved_paths(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(folder)
+    # a relative str key for a slide listed by absolute path; b absent from the mapping uses its metadata
+    results = tile_slides([folder / "a.svs", Path("b.svs")], folder / "out", progress=False,
+                          slide_mpp={"a.svs": 0.5})
+    assert sorted(r.slide.name for r in results) == ["a.svs", "b.svs"]
+    assert _attrs(folder / "out" / "a.h5") == (0.5, True, 4)
+    assert _attrs(folder / "out" / "b.h5") == (0.5, False, 4)
+    with pytest.raises(SlideError, match=r"a\.svs"):  # a slide without µm/px absent from the mapping
+        tile_slides([folder / "a.svs"], folder / "other", progress=False, slide_mpp={folder / "b.svs": 0.5})
