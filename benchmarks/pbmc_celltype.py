@@ -1,4 +1,4 @@
-"""Single-cell: PBMC cell-type linear probe, pretrained expression encoder vs PCA (issue 5, benchmark 5).
+"""Single-cell: PBMC cell-type linear probe, pretrained expression encoder vs raw-gene baselines (issue 5).
 
     .venv/bin/python benchmarks/pbmc_celltype.py [--steps 1500] [--work DIR] [--config PATH]
 
@@ -7,7 +7,9 @@ Data: ``scanpy.datasets.pbmc68k_reduced()`` (700 real PBMCs x 765 genes, shipped
 "patient" of the manifest (one expression row each); its label is ``bulk_labels`` (cell types with
 at least 10 cells kept). Drives the CLI: ``biossl pretrain`` (no labels), ``biossl embed``, then
 ``biossl finetune --task subtype`` with 5 stratified folds: a linear probe on the frozen embedding
-against PCA(16) + logistic regression on the same cells and folds. Prints one table.
+against PCA(16) + logistic regression and an L2 logistic regression on all 765 standardised genes
+(``linear_all_logreg``, penalty by inner CV per training fold) on the same cells and folds. Prints one
+table. ``--baselines-only``: no pretraining or embedding, only the two baselines on the same folds.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "pbmc")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "pretrain" / "pbmc_expression.yaml")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--baselines-only", action="store_true", help="skip pretraining and the probe")
     args = parser.parse_args()
     work = args.work.resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -47,14 +50,17 @@ def main() -> None:
     labels.rename(columns={"bulk_labels": "cell_type"}).to_csv(work / "labels.csv", index=False)
     print(f"{adata.n_obs} cells x {adata.n_vars} genes; {len(labels)} labelled in {len(keep)} types", flush=True)
 
-    run(["pretrain", "--config", str(args.config), "--data.manifest", str(work / "manifest.csv"),
-         "--data.work_dir", str(work / "work"), "--trainer.default_root_dir", str(work / "pretrain"),
-         "--trainer.max_steps", str(args.steps)], work / "logs" / "pretrain.log")
-    run(["embed", "--checkpoint", str(work / "pretrain" / "checkpoints" / "last.ckpt"), "--manifest",
-         str(work / "manifest.csv"), "--work-dir", str(work / "work"), "--out", str(work / "embeddings.h5ad")],
-        work / "logs" / "embed.log")
-    out = work / "celltype.json"
-    run(["finetune", "--embeddings", str(work / "embeddings.h5ad"), "--embedding", "X_expression", "--labels",
+    if not args.baselines_only:
+        run(["pretrain", "--config", str(args.config), "--data.manifest", str(work / "manifest.csv"),
+             "--data.work_dir", str(work / "work"), "--trainer.default_root_dir", str(work / "pretrain"),
+             "--trainer.max_steps", str(args.steps)], work / "logs" / "pretrain.log")
+        run(["embed", "--checkpoint", str(work / "pretrain" / "checkpoints" / "last.ckpt"), "--manifest",
+             str(work / "manifest.csv"), "--work-dir", str(work / "work"), "--out", str(work / "embeddings.h5ad")],
+            work / "logs" / "embed.log")
+    probe = [] if args.baselines_only else ["--embeddings", str(work / "embeddings.h5ad"), "--embedding",
+                                            "X_expression"]
+    out = work / ("celltype_baselines.json" if args.baselines_only else "celltype.json")
+    run(["finetune", *probe, "--labels",
          str(work / "labels.csv"), "--task", "subtype", "--label-column", "cell_type", "--folds", "5",
          "--baseline-features", str(h5ad), "--out", str(out)], work / "logs" / "finetune.log")
     res = json.loads(out.read_text())["methods"]

@@ -1,4 +1,4 @@
-"""TCGA expression: survival per cancer and subtype in mixed cohorts, pretrained probe vs PCA baselines.
+"""TCGA expression: survival per cancer and subtype in mixed cohorts, pretrained probe vs raw-feature baselines.
 
     .venv/bin/python benchmarks/tcga_expression.py ../shared/data [--steps 2000] [--work DIR]
         [--config configs/pretrain/tcga_expression.yaml] [--skip-pretrain]
@@ -12,11 +12,17 @@ Drives the documented CLI end to end (issue 5, benchmarks 1 and 2):
    test folds, is unlabelled data for pretraining: transductive, as in the issue);
 3. ``biossl embed`` of every patient;
 4. per cancer, ``biossl finetune --task survival`` with PORPOISE's 5 published folds: a linear Cox
-   probe on the frozen embedding, against PCA(16) + Cox (lifelines, penalizer 1) on the raw table in
-   the same run, on the same patients and folds;
+   probe on the frozen embedding, against two baselines on the raw table in the same run, on the
+   same patients and folds: PCA(16) + Cox (lifelines, penalizer 1) and a ridge Cox on all standardised
+   genes (``linear_all_cox``, penalty by inner CV per training fold); scored by Harrell's c-index,
+   Uno's c-index and the integrated Brier score;
 5. subtype (``oncotree_code``) where a cohort mixes subtypes (BRCA, COADREAD, GBMLGG, and KIRC + KIRP
    pooled): ``biossl finetune --task subtype`` with 5 stratified folds, probe vs PCA(16) + logistic
-   regression.
+   regression and an L2 logistic regression on all standardised genes (``linear_all_logreg``).
+
+``--baselines-only`` skips pretraining and embedding and runs only the two raw-table baselines, on
+the same patients and folds (PORPOISE's survival folds; subtype and ``--group-by`` folds are made from
+the same patients and seed): minutes, no checkpoint needed.
 
 Prints one summary table; JSON results land in ``<work>/results``. MCAT's published BLCA c-indices
 (``tcga_mcat/results_cindex``) are printed alongside for reference.
@@ -63,7 +69,8 @@ def write_inputs(data: Path, work: Path) -> dict[str, pd.DataFrame]:
             rows.append({"patient_id": r.case_id, "modality": "expression", "path": str(path.resolve()),
                          "site": r.site, "oncotree_code": r.oncotree_code, "cancer": cancer})
         labels = pd.DataFrame({"patient_id": df["case_id"], "time": df["survival_months"],
-                               "event": 1 - df["censorship"], "oncotree_code": df["oncotree_code"]})
+                               "event": 1 - df["censorship"], "oncotree_code": df["oncotree_code"],
+                               "site": df["site"]})
         labels.to_csv(work / f"labels_{cancer}.csv", index=False)
     manifest = pd.DataFrame(rows)
     dup = manifest["patient_id"].duplicated(keep=False)
@@ -109,13 +116,17 @@ def main() -> None:
     parser.add_argument("--group-by", default=None, metavar="COL",
                         help="site-preserving folds: 5 folds made with `biossl finetune --group-by COL` (e.g. site) "
                              "for every task, instead of PORPOISE's survival folds; results in <work>/results_by_COL")
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="no pretraining or embedding: only PCA(16) and the all-features baseline, same folds; "
+                             "results in <work>/results_baselines[_by_COL]")
     args = parser.parse_args()
     work = args.work.resolve()
-    results = work / ("results" if args.group_by is None else f"results_by_{args.group_by}")
+    results = work / ("results" + ("_baselines" if args.baselines_only else "")
+                      + ("" if args.group_by is None else f"_by_{args.group_by}"))
     results.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
     tables = write_inputs(args.data.resolve(), work)
-    if args.modes != "probe":  # fine-tuning and scratch train the checkpoint's encoders on the cohort
+    if args.modes != "probe" and not args.baselines_only:  # fine-tuning and scratch train the checkpoint's encoders
         ckpt = work / "pretrain" / "checkpoints" / "last.ckpt"
         args.finetune_arg += ["--mode", args.modes, "--checkpoint", str(ckpt), "--manifest",
                               str(work / "manifest.csv"), "--work-dir", str(work / "work")]
@@ -123,15 +134,17 @@ def main() -> None:
     print(f"{n} patients in {len(tables)} TCGA tables; manifest {work / 'manifest.csv'}", flush=True)
 
     ckpt = work / "pretrain" / "checkpoints" / "last.ckpt"
-    if not args.skip_pretrain:
+    emb = work / "embeddings.h5ad"
+    probe = [] if args.baselines_only else ["--embeddings", str(emb), "--embedding", "X_expression"]
+    if not (args.skip_pretrain or args.baselines_only):
         secs = run(["pretrain", "--config", str(args.config), "--data.manifest", str(work / "manifest.csv"),
                     "--data.work_dir", str(work / "work"), "--trainer.default_root_dir", str(work / "pretrain"),
                     "--trainer.max_steps", str(args.steps), *args.pretrain_arg], work / "logs" / "pretrain.log")
         print(f"pretrain: {args.steps} steps in {secs / 60:.1f} min", flush=True)
-    emb = work / "embeddings.h5ad"
-    secs = run(["embed", "--checkpoint", str(ckpt), "--manifest", str(work / "manifest.csv"),
-                "--work-dir", str(work / "work"), "--out", str(emb)], work / "logs" / "embed.log")
-    print(f"embed: {secs:.0f} s", flush=True)
+    if not args.baselines_only:
+        secs = run(["embed", "--checkpoint", str(ckpt), "--manifest", str(work / "manifest.csv"),
+                    "--work-dir", str(work / "work"), "--out", str(emb)], work / "logs" / "embed.log")
+        print(f"embed: {secs:.0f} s", flush=True)
 
     survival = []
     for cancer in CANCERS:
@@ -139,8 +152,7 @@ def main() -> None:
         table = args.data.resolve() / "tcga_porpoise" / f"tcga_{cancer}_all_clean.csv.zip"
         splits = args.data.resolve() / "tcga_porpoise" / "splits" / "5foldcv" / f"tcga_{cancer}"
         folds = ["--splits", str(splits)] if args.group_by is None else ["--folds", "5", "--group-by", args.group_by]
-        run(["finetune", "--embeddings", str(emb), "--embedding", "X_expression", "--labels",
-             str(work / f"labels_{cancer}.csv"), "--task", "survival", *folds,
+        run(["finetune", *probe, "--labels", str(work / f"labels_{cancer}.csv"), "--task", "survival", *folds,
              "--baseline-features", str(table), "--out", str(out), *args.finetune_arg],
             work / "logs" / f"survival_{cancer}.log")
         survival.append((cancer, json.loads(out.read_text())))
@@ -154,7 +166,7 @@ def main() -> None:
         labels.to_csv(path, index=False)
         out = results / f"subtype_{name}.json"
         baseline = combined_table(args.data.resolve(), cancers, work)
-        argv = ["finetune", "--embeddings", str(emb), "--embedding", "X_expression", "--labels", str(path),
+        argv = ["finetune", *probe, "--labels", str(path),
                 "--task", "subtype", "--label-column", "oncotree_code", "--folds", "5",
                 *([] if args.group_by is None else ["--group-by", args.group_by]),
                 "--baseline-features", str(baseline), "--out", str(out), *args.finetune_arg]
@@ -173,7 +185,7 @@ def _metric(result: dict, method: str, key: str) -> str:
 
 
 def print_summary(survival: list, subtype: list, data: Path, folds: str = "PORPOISE 5 folds") -> None:
-    """One table per benchmark, a column per method that ran (probe, finetune, scratch, PCA baseline)."""
+    """One table per benchmark, a column per method that ran (probe, finetune, scratch, the two baselines)."""
     methods = list(survival[0][1]["methods"]) if survival else []
     print(f"\nSurvival (c-index, {folds}, mean ± sd)")
     print("| cancer | patients | " + " | ".join(methods) + " |")
@@ -181,6 +193,12 @@ def print_summary(survival: list, subtype: list, data: Path, folds: str = "PORPO
     for cancer, res in survival:
         cells = " | ".join(_metric(res, m, "c_index") for m in methods)
         print(f"| {cancer.upper()} | {res.get('n_patients', '?')} | {cells} |")
+    print(f"\nSurvival, censoring-robust (Uno's c-index / integrated Brier score, lower is better; {folds})")
+    print("| cancer | " + " | ".join(methods) + " |")
+    print("|---|" + "---|" * len(methods))
+    for cancer, res in survival:
+        cells = " | ".join(f"{_metric(res, m, 'uno_c')} / {_metric(res, m, 'integrated_brier')}" for m in methods)
+        print(f"| {cancer.upper()} | {cells} |")
     mcat = data / "tcga_mcat" / "results_cindex"
     if mcat.is_dir():
         print(f"(MCAT's published BLCA results: {mcat})")

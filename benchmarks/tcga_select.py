@@ -10,7 +10,8 @@ on those patients and the seed, so they are the same for every recipe). Here, pe
 the recipe whose best inner score is highest is chosen, and its score on the outer test fold is kept:
 no test patient influences the choice of recipe or penalty. Prints, per task, that nested score next
 to each recipe's own score, the best recipe chosen on the test folds (the optimistic number a
-post-hoc choice reports) and the PCA baseline of the same run.
+post-hoc choice reports) and the baselines of the same run: PCA(16), and the penalised linear model on all
+standardised features (``linear_all_*``, in runs made since it exists; ``n/a`` in older results).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 PROBE = "linear_probe"
 BASELINES = ("pca16_cox", "pca16_logreg")
+ALL_FEATURES = ("linear_all_cox", "linear_all_logreg")
 
 
 def metric_of(result: dict[str, Any]) -> str:
@@ -56,11 +58,15 @@ def nested(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         nested_scores.append(folds[best][k][metric])
     per_recipe = {n: [f[metric] for f in folds[n]] for n in names}
     baseline = next(b for b in BASELINES if b in first["methods"])
+    linear = next((b for b in ALL_FEATURES if b in first["methods"]), None)
     return {"metric": metric, "chosen": chosen, "nested": nested_scores, "recipes": per_recipe,
-            "baseline": [f[metric] for f in first["methods"][baseline]["folds"]]}
+            "baseline": [f[metric] for f in first["methods"][baseline]["folds"]],
+            "all_features": [f[metric] for f in first["methods"][linear]["folds"]] if linear else None}
 
 
-def _ms(values: list[float]) -> str:
+def _ms(values: list[float] | None) -> str:
+    if not values:
+        return "n/a"
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
@@ -72,7 +78,7 @@ def main() -> None:
     folders = dict(item.split("=", 1) for item in args.recipes)
     names = list(folders)
     tasks = sorted(set.intersection(*({p.name for p in Path(f).glob("*.json")} for f in folders.values())))
-    header = ["task", "metric", "nested (chosen per fold)", *names, "best on test folds", "PCA(16)"]
+    header = ["task", "metric", "nested (chosen per fold)", *names, "best on test folds", "PCA(16)", "all features"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for task in tasks:
@@ -82,7 +88,7 @@ def main() -> None:
         chosen = ", ".join(f"{n}×{r['chosen'].count(n)}" for n in names if n in r["chosen"])
         row = [task.removesuffix(".json"), r["metric"], f"{_ms(r['nested'])} ({chosen})",
                *(_ms(r["recipes"][n]) for n in names), f"{oracle} {np.mean(r['recipes'][oracle]):.3f}",
-               _ms(r["baseline"])]
+               _ms(r["baseline"]), _ms(r["all_features"])]
         print("| " + " | ".join(row) + " |")
 
 

@@ -2,7 +2,9 @@
 
 Each verb lives in ``biossl/commands/<verb>.py`` and exposes ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Verbs import lazily so that ``biossl --help``
-stays fast. Bad input (:class:`biossl.errors.InputError`) becomes one line on stderr and exit code 2.
+stays fast. Bad input (:class:`biossl.errors.InputError`) becomes one line on stderr and exit code 2;
+an output that cannot be written (:class:`biossl.errors.OutputError`, a full disk) one line and exit code 74.
+Global options (``-v``, ``--threads N``) come before the verb.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from biossl import __version__
-from biossl.errors import InputError
+from biossl.errors import InputError, OutputError
 
 #: verb -> module under biossl.commands
 VERBS: dict[str, str] = {
@@ -45,11 +47,33 @@ _HELP: dict[str, str] = {
 }
 
 
+EXIT_CODES = """exit codes:
+  0    success
+  1    biossl audit: an audited column failed a probe (a finding, for pipelines)
+  2    bad input or option: one line names the file, row, patient or option, and what to do
+  74   an output cannot be written (disk full, quota exceeded, read-only or unwritable folder):
+       one line names the path and the free space; nothing partial is left under its name
+  130  interrupted (Ctrl-C, SIGTERM)"""
+
+
+def _threads(text: str) -> int:
+    from biossl.threads import parse_threads
+
+    try:
+        return parse_threads(text, "--threads")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every verb attached."""
-    parser = argparse.ArgumentParser(prog="biossl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="biossl", description=__doc__.splitlines()[0], epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"biossl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=_threads, default=None, metavar="N",
+                        help="CPU threads of torch (default: the CPUs this process may use: affinity, cgroup quota, "
+                             "SLURM_CPUS_PER_TASK; or $BIOSSL_NUM_THREADS, or $OMP_NUM_THREADS when set)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
         p = sub.add_parser(verb, help=_HELP[verb], description=_HELP[verb])
@@ -57,11 +81,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_globals(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split the global options before the verb from the rest: ``(["-v", "--threads", "2"], ["pretrain", ...])``."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-v", "--verbose") or a.startswith("--threads="):
+            i += 1
+        elif a == "--threads" and i + 1 < len(argv):
+            i += 2
+        else:
+            break
+    return argv[:i], argv[i:]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``biossl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in PASSTHROUGH:
-        return _passthrough(argv[0], argv[1:])
+    head, rest = _split_globals(argv)
+    if rest and rest[0] in PASSTHROUGH:
+        options = build_parser().parse_args(head)  # global options only; bad ones exit 2 with argparse's message
+        return _passthrough(rest[0], rest[1:], verbose=options.verbose, threads=options.threads)
     parser = build_parser()
     # Parse once to find the verb, then let the verb's module add its own arguments.
     verb = next((a for a in argv if a in VERBS), None)
@@ -70,37 +115,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         module.add_arguments(sub_action.choices[verb])
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    _logging(args.verbose)
     if getattr(args, "_verb", None) is None:
         parser.print_help()
         return 0
     module = importlib.import_module(f"biossl.commands.{VERBS[args._verb]}")
-    try:
-        return int(module.run(args) or 0)
-    except InputError as exc:
-        print(f"biossl {args._verb}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"biossl {args._verb}: interrupted", file=sys.stderr)
-        return 130
+    return _guarded(args._verb, lambda: module.run(args), args.threads)
 
 
-def _passthrough(verb: str, rest: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+def _passthrough(verb: str, rest: list[str], *, verbose: bool = False, threads: int | None = None) -> int:
+    _logging(verbose)
     module = importlib.import_module(f"biossl.commands.{VERBS[verb]}")
+    return _guarded(verb, lambda: module.main(rest), threads)
+
+
+def _guarded(verb: str, run: Callable[[], int | None], threads: int | None) -> int:
+    """Set the thread count, run the verb; bad input and unwritable outputs become one line and their exit code."""
+    from biossl.io import output_error
+    from biossl.threads import configure_threads
+
     try:
-        return int(module.main(rest) or 0)
-    except InputError as exc:
+        configure_threads(threads)
+        return int(run() or 0)
+    except (InputError, OutputError) as exc:
         print(f"biossl {verb}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"biossl {verb}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as exc:  # a full disk met by a writer that does not go through biossl.io
+        err = output_error(exc, None)
+        if err is None:
+            raise
+        print(f"biossl {verb}: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,10 +24,11 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from biossl.errors import InputError
@@ -86,17 +87,21 @@ def pseudonyms(patient_ids: Iterable[str], salt: bytes) -> list[str]:
 def pseudonymize_obs(adata: Any, salt: bytes, *, keep: Iterable[str] = ()) -> Any:
     """Return a copy of ``adata`` whose ``obs`` index is pseudonymised and identifying columns dropped.
 
+    A column is dropped when it is not on the keep list (``has_<modality>``, the labels, :data:`KEPT_METADATA`,
+    ``keep``) or when :class:`Identifiers` finds an identifier in it or in its name. Text in ``uns`` that holds
+    one is removed. ``uns["biossl"]["pseudonymized"]`` lists what was dropped and why (names, never values).
+
     Args:
         adata: Embeddings from :func:`biossl.downstream.embed.embed_cohort` (``obs`` indexed by patient).
         salt: From :func:`read_salt`.
-        keep: Further ``obs`` columns to keep (they must not identify patients; that is on the caller).
+        keep: Further ``obs`` columns to keep (refused when they hold identifiers).
 
     Raises:
         InputError: ``keep`` names a column that ``obs`` lacks, or a kept column holds patient IDs.
     """
     out = adata.copy()
     ids = [str(p) for p in out.obs_names]
-    info = out.uns.get("biossl", {})
+    info = dict(out.uns.get("biossl", {}))
     labels = {str(c) for c in info.get("label_columns", [])}
     extra = {str(c) for c in keep}
     unknown = sorted(extra - {str(c) for c in out.obs.columns})
@@ -105,22 +110,193 @@ def pseudonymize_obs(adata: Any, salt: bytes, *, keep: Iterable[str] = ()) -> An
         raise InputError(f"--keep-obs {', '.join(unknown)}: no such column in the embeddings' obs ({have})")
     wanted = [c for c in out.obs.columns
               if str(c).startswith("has_") or str(c) in labels or str(c) in KEPT_METADATA or str(c) in extra]
-    id_set = set(ids)
-    holds_ids = [c for c in wanted if _holds_any(out.obs[c], id_set)]
-    if holds_ids and set(holds_ids) & extra:
-        raise InputError(f"column(s) {', '.join(sorted(set(holds_ids) & extra))} hold patient IDs and cannot be "
-                         "kept in a pseudonymised export")
-    kept = [c for c in wanted if c not in holds_ids]
-    dropped = [str(c) for c in out.obs.columns if c not in kept]
+    others = [c for c in out.obs.columns if c not in wanted]
+    found = Identifiers(ids, more=_row_unique_text(out.obs[others]))
+    reasons: dict[str, str] = {}
+    for c in wanted:
+        if found.in_text(str(c)):
+            reasons[str(c)] = "its name holds a patient identifier"
+        elif found.in_column(out.obs[c], ids):
+            reasons[str(c)] = "its values hold patient identifiers"
+    refused = sorted(set(reasons) & extra)
+    if refused:
+        raise InputError(f"--keep-obs {', '.join(refused)}: the column holds patient identifiers (a patient ID, a "
+                         "TCGA barcode or a copy of an ID column, maybe inside a longer text or path) and cannot be "
+                         "kept in a pseudonymised export; drop --keep-obs for it")
+    kept = [c for c in wanted if str(c) not in reasons]
+    for c in others:
+        reasons[str(c)] = "not on the keep list (has_<modality>, labels, site/scanner/batch/intensity, --keep-obs)"
+    named = {c: (_HIDDEN_NAME if found.in_text(c) else c) for c in reasons}
+    dropped = [named[str(c)] for c in out.obs.columns if str(c) in reasons]
     obs = out.obs[kept].copy()
     obs.index = pd.Index(pseudonyms(ids, salt), name=out.obs.index.name or "patient_id")
     out.obs = obs
+    removed = _scrub_uns(out.uns, found)
+    info = dict(out.uns.get("biossl", {}))
+    info["label_columns"] = [str(c) for c in info.get("label_columns", []) if str(c) in {str(k) for k in kept}]
     out.uns["biossl"] = {**info, "pseudonymized": {
         "method": f"HMAC-SHA256(salt, patient_id), first {DIGITS} hex digits, prefix {PREFIX}",
-        "kept_columns": [str(c) for c in kept], "dropped_columns": dropped}}
+        "kept_columns": [str(c) for c in kept], "dropped_columns": dropped,
+        "dropped_because": {named[c]: why for c, why in reasons.items()},
+        "removed_uns": removed}}
     if dropped:
         logger.info("pseudonymised %d patients; dropped obs columns %s", len(ids), ", ".join(dropped))
+    held = [named[c] for c, why in reasons.items() if "identifiers" in why or "identifier" in why]
+    if held:
+        logger.warning("pseudonymised export: dropped column(s) %s: they hold patient identifiers", ", ".join(held))
+    if removed:
+        logger.warning("pseudonymised export: removed uns entr(y/ies) %s: they hold patient identifiers",
+                       ", ".join(removed))
     return out
+
+
+def refuse_identifying_columns(adata: Any, columns: Iterable[str | None], *, flag: str, output: str) -> None:
+    """Refuse ``obs`` columns whose values an export would write when they hold patient identifiers.
+
+    For reports written with ``--pseudonymize`` that print a column's values (``biossl audit`` plots each
+    patient's ``--columns`` / ``--label`` value). Patient IDs come from ``obs_names``; TCGA barcodes
+    count whoever's they are.
+
+    Raises:
+        InputError: naming the column, the option that chose it and the output it would leak into.
+    """
+    found = Identifiers([str(p) for p in adata.obs_names if not str(p).startswith(PREFIX)])
+    ids = [str(p) for p in adata.obs_names]
+    for column in columns:
+        if column is None or column not in adata.obs.columns:
+            continue
+        if found.in_text(str(column)) or found.in_column(adata.obs[column], ids):
+            raise InputError(f"{flag} {column}: the column holds patient identifiers (a patient ID, a TCGA barcode, "
+                             f"maybe inside a longer text or path) and {output} would print its values; with "
+                             "--pseudonymize, audit columns that do not identify patients (site, scanner, batch)")
+
+
+#: How a dropped column whose name holds an identifier is listed (its name would leak it).
+_HIDDEN_NAME = "<a column whose name holds a patient identifier>"
+#: Case barcodes of TCGA / TARGET (``TCGA-2Z-A9J6``, ``TARGET-20-PADZCG``), separators free, case ignored.
+BARCODE = re.compile(r"(?<![0-9a-z])(tcga|target)[^0-9a-z]*([0-9a-z]{2})[^0-9a-z]*([0-9a-z]{4,6})(?![0-9a-z])",
+                     re.IGNORECASE)
+#: Identifiers at least this long (letters and digits, separators left out) are found inside any text.
+_LONG = 8
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[0-9a-z]+", text.casefold())
+
+
+def _numeric_text(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _number_text(value: Any) -> str | None:
+    """A number (or text that reads as one) as an ID would be written: ``12.0`` -> ``"12"``; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if not np.isfinite(value):
+            return None
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, str) and _numeric_text(value.strip()):
+        return _number_text(float(value.strip())) if value.strip().lower() not in ("nan", "inf", "-inf") else None
+    return None
+
+
+class Identifiers:
+    """Finds patient identifiers inside values: an ID standing alone or inside a longer text or path.
+
+    Case and separators are ignored (``TCGA-2Z-A9J6`` is found in ``tcga_2z_a9j6`` and in
+    ``slides/TCGA-2Z-A9J6-01Z-00-DX1.svs``). An ID of at least 8 letters and digits is found anywhere in a
+    text (``TCGA2ZA9J6``); a shorter one only as whole words (``DEMO-01`` is not in ``DEMO-010``, ``12`` is
+    in ``slides/12.svs`` but not in ``A12``; a digit-only ID is sought as a word in ``obs`` text only, not in
+    the free notes of ``uns``). Any TCGA / TARGET case barcode (and the case part of an ID that
+    is a longer barcode) counts, whoever's it is. Numbers are IDs only as whole values, and a number
+    column only when it copies each row's own ID (a numeric ``event`` of patient ``1`` is not an ID).
+    """
+
+    def __init__(self, ids: Iterable[str], *, more: Iterable[str] = ()) -> None:
+        self.exact = {str(i).strip() for i in ids if str(i).strip()}
+        names = set(self.exact) | {str(m) for m in more}
+        names |= {"-".join(m.groups()) for n in list(names) for m in BARCODE.finditer(n)}
+        self._long = sorted({"".join(t) for n in names if len("".join(t := _tokens(n))) >= _LONG
+                             and not "".join(t).isdigit()})
+        short = [t for n in names if (t := _tokens(n)) and (len("".join(t)) < _LONG or "".join(t).isdigit())]
+        self._words = sorted({" " + " ".join(t) + " " for t in short if not "".join(t).isdigit()})
+        #: Digit-only IDs (``0012``) as words: searched in obs text (``slides/0012.svs``), not in free notes.
+        self._number_words = sorted({" " + " ".join(t) + " " for t in short if "".join(t).isdigit()})
+
+    def in_text(self, text: str) -> bool:
+        """True if ``text`` holds an identifier (see the class docstring); digit-only IDs only as the whole text."""
+        return self._in_texts([text], number_words=False)
+
+    def _in_texts(self, texts: Iterable[str], *, number_words: bool) -> bool:
+        texts = [t for t in texts if t]
+        numbers = [n for t in texts if (n := _number_text(t)) is not None]
+        if any(n in self.exact for n in numbers) or any(t.strip() in self.exact for t in texts):
+            return True
+        words = [t for t in texts if _number_text(t) is None]
+        if any(BARCODE.search(t) for t in words):
+            return True
+        compact = "\n".join("".join(_tokens(t)) for t in words)
+        spaced = "\n".join(" " + " ".join(_tokens(t)) + " " for t in words)
+        words_sought = self._words + (self._number_words if number_words else [])
+        return any(k in compact for k in self._long) or any(k in spaced for k in words_sought)
+
+    def in_column(self, column: pd.Series, row_ids: Sequence[str]) -> bool:
+        """True if a text value holds an identifier, or the column's numbers copy each row's own ID."""
+        values = column.astype(object).tolist()
+        texts = {str(v) for v in values if isinstance(v, str)}
+        if self._in_texts((t for t in texts if _number_text(t) is None), number_words=True):
+            return True
+        pairs = [(n, str(i)) for v, i in zip(values, row_ids)
+                 if not (v is None or (isinstance(v, float) and np.isnan(v))) and (n := _number_text(v)) is not None]
+        return bool(pairs) and all(n == i for n, i in pairs)
+
+
+def _row_unique_text(frame: pd.DataFrame) -> list[str]:
+    """Text values of the columns that give every row (two or more) its own value: second IDs such as ``tcga_case``.
+
+    Values of at least 4 letters and digits only: short codes would find themselves everywhere.
+    """
+    found: list[str] = []
+    for c in frame.columns:
+        values = [str(v) for v in frame[c].astype(object) if isinstance(v, str) and v.strip()]
+        if len(values) >= 2 and len(set(values)) == len(values):
+            found += [v for v in values if len("".join(_tokens(v))) >= 4 and _number_text(v) is None]
+    return found
+
+
+def _scrub_uns(uns: Any, found: Identifiers, where: str = "uns") -> list[str]:
+    """Remove, in place, every ``uns`` entry whose key or text holds an identifier; return their paths."""
+    removed: list[str] = []
+    for key in list(uns.keys()):
+        value = uns[key]
+        path = f"{where}/{_HIDDEN_NAME if found.in_text(str(key)) else key}"
+        if found.in_text(str(key)):
+            del uns[key]
+            removed.append(path)
+        elif isinstance(value, Mapping) and hasattr(value, "keys"):
+            removed += _scrub_uns(value, found, path)
+        elif _holds_text(value, found):
+            del uns[key]
+            removed.append(path)
+    return removed
+
+
+def _holds_text(value: Any, found: Identifiers) -> bool:
+    if isinstance(value, str):
+        return found.in_text(value)
+    if isinstance(value, (list, tuple)):
+        return any(_holds_text(v, found) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+        return any(_holds_text(v.decode() if isinstance(v, bytes) else v, found) for v in value.ravel().tolist())
+    if isinstance(value, pd.DataFrame):
+        return found.in_text(" ".join(map(str, value.columns))) or any(
+            found.in_column(value[c], [""] * len(value)) for c in value.columns if value[c].dtype == object)
+    return False
 
 
 def pseudonymize_record(record: Any, patient_ids: Iterable[str], salt: bytes) -> Any:
@@ -158,11 +334,3 @@ def pseudonymize_record(record: Any, patient_ids: Iterable[str], salt: bytes) ->
         return value
 
     return walk(record)
-
-
-def _holds_any(column: pd.Series, ids: set[str]) -> bool:
-    """True if some value is a patient ID or lists one (``"DEMO-01; DEMO-02"``)."""
-    for value in column.astype("object"):
-        if isinstance(value, str) and (value in ids or any(t in ids for t in re.split(r"[\s,;|]+", value))):
-            return True
-    return False

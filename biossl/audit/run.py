@@ -48,7 +48,7 @@ from biossl import __version__
 from biossl.audit import batch as batch_metrics
 from biossl.audit.probes import RIDGE, Column, ProbeCache, prepare_column, run_probe
 from biossl.errors import InputError
-from biossl.io import jsonable, write_text_atomic
+from biossl.io import atomic_outputs, jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -309,14 +309,17 @@ def exit_code(result: dict[str, Any]) -> int:
 
 
 def write_audit(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``out_dir/audit.json`` and ``out_dir/report.html`` atomically; return their paths."""
+    """Write ``out_dir/audit.json`` and ``out_dir/report.html`` together, atomically; return their paths."""
     from biossl.audit.report import render_html
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "audit.json", out / "report.html"
-    write_text_atomic(json_path, json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
-    write_text_atomic(html_path, render_html(result))
+    # One pair: both written before either lands; the previous pair removed first; audit.json (what pipelines
+    # read) lands last, so it never sits beside another run's report (biossl.io.atomic_outputs).
+    html, text = render_html(result), json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n"
+    with atomic_outputs(html_path, json_path) as (html_tmp, json_tmp):
+        html_tmp.write_text(html)
+        json_tmp.write_text(text)
     return json_path, html_path
 
 

@@ -6,9 +6,11 @@
 
 Writes ``<out>/audit.json`` and a self-contained ``<out>/report.html``, prints the verdict table, and
 exits 0 when every audited column passes, 1 when one fails (so an audit can gate a pipeline), 2 on
-bad input. See :mod:`biossl.audit.run` for what is measured and how the verdict is reached. With
-``--artifacts`` the synthetic artifact probes of :mod:`biossl.audit.artifacts` run too (they
-inform, they never change the verdict) and the report draws their drift curves.
+bad input, 74 when the outputs cannot be written (a full disk: one line naming the path). The two files
+are written together: the previous run's pair is replaced as a whole, and ``audit.json`` never sits
+beside another run's ``report.html``. See :mod:`biossl.audit.run` for what is measured and how the
+verdict is reached. With ``--artifacts`` the synthetic artifact probes of :mod:`biossl.audit.artifacts`
+run too (they inform, they never change the verdict) and the report draws their drift curves.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="per-patient labels table; its columns join obs (labelled patients absent from the "
                           "embeddings are dropped with a warning)")
     src.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
-                     help="tile coordinates and scan cache for --checkpoint (default: the pretraining run's)")
+                     help="tile coordinates and scan cache for --checkpoint (default: the pretraining run's for its "
+                     "own cohort, else ./biossl_work)")
     src.add_argument("--artifacts", action="store_true",
                      help="also run the synthetic artifact probes (drift, detectability, stability; --checkpoint)")
     parser.add_argument("--columns", type=_names, required=True, metavar="COL[,COL...]",
@@ -100,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         source = str(args.embeddings)
         if args.labels is not None:
             _join_labels(adata, args.labels, args.embeddings)
+    if salt is not None:  # before the probes: the report prints each patient's value of these columns
+        from biossl.privacy import refuse_identifying_columns
+
+        refuse_identifying_columns(adata, args.columns, flag="--columns", output="audit.json and report.html")
+        refuse_identifying_columns(adata, [args.label], flag="--label", output="audit.json and report.html")
     result = audit_embeddings(adata, args.columns, label=args.label, keys=args.keys, group_column=args.group_column,
                               alpha=args.alpha, max_excess=args.max_excess, n_permutations=args.permutations,
                               n_folds=args.folds, k=args.k, seed=args.seed, fail_on_red_flag=args.fail_on_red_flag,

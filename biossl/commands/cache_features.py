@@ -1,5 +1,9 @@
 """``biossl cache-features``: embed every tile once with a frozen encoder and write one HDF5 per slide.
 
+Each features file has its coordinates file's name (``<stem>.<slide fingerprint>.h5``) and records the
+slide's fingerprint, so pretraining and ``embed`` find a slide's features by its content, never those of
+another slide of the same name.
+
 The encoder is a pretraining checkpoint's wsi encoder (``--checkpoint``) or a registered image
 encoder with fixed-seed random weights (``--encoder``, a baseline). Slides already cached with the
 same encoder weights and tile size are skipped, so an interrupted run can be started again.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from biossl.commands.tile import parse_mpp
 from biossl.data.cohort import Cohort
 
 
@@ -24,13 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write every problem found to PATH (.json for JSON, else CSV)")
     parser.add_argument("--no-probe", action="store_true",
                         help="only check that files exist; do not open them with their readers")
+    parser.add_argument("--slide-mpp", type=parse_mpp, default=None, metavar="X",
+                        help="level-0 µm/px of slides whose files and rows (slide_mpp column) do not give it; "
+                        "without it such a slide is a bad row")
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate the manifest and print its summary; bad input raises an InputError (exit code 2)."""
     # The explicit check is the thorough one (voxels of floating-point NIfTI too); other commands probe headers.
+    # A slide without µm/px is a bad row here: tiling it (biossl tile, pretraining) would stop on it.
     cohort = Cohort.from_manifest(args.manifest, skip_bad=args.skip_bad, report_path=args.report,
-                                  probe=not args.no_probe, check_values=not args.no_probe)
+                                  probe=not args.no_probe, check_values=not args.no_probe,
+                                  require_slide_mpp=True, slide_mpp=args.slide_mpp)
     summary = cohort.summary()
     table = cohort.table
     with pd.option_context("display.max_rows", None, "display.width", 200):

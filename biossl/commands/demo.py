@@ -81,17 +81,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nCheckpoints: {root / 'checkpoints'}  (last.ckpt is the newest)")
     print(f"Resolved config: {root / 'config.yaml'}")
     labels = args.labels or (DEMO_LABELS if args.manifest is None else None)
-    embed_and_audit(root / "checkpoints" / "last.ckpt", manifest, labels, work, out)
-    return 0
+    return embed_and_audit(root / "checkpoints" / "last.ckpt", manifest, labels, work, out)
 
 
-def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work: Path, out: Path) -> None:
+def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work: Path, out: Path) -> int:
     """``biossl embed`` of the cohort, then ``biossl audit`` of its ``site`` column, with the artifact probes.
 
     The label is ``subtype`` when the embeddings have it; the checkpoint's synthetic artifact probes run too.
 
     The audit's verdict is printed, never raised: a "fail" (exit code 1 of ``biossl audit``) is a finding of
     the demo, not an error of it. The demo's sites have at most 3 patients, hence 2 folds.
+
+    Returns:
+        0, or the exit code of the embedding or the audit when it failed otherwise (2 bad input, 74 an
+        output that cannot be written), for the demo's own exit code.
     """
     from biossl.cli import main
     from biossl.downstream.embed import read_embeddings
@@ -102,13 +105,14 @@ def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work:
     if labels is not None:
         argv += ["--labels", str(labels)]
     print(f"\nbiossl {' '.join(argv)}", flush=True)
-    if main(argv) != 0:
+    code = main(argv)
+    if code != 0:
         print("embedding failed; no audit")
-        return
+        return code
     obs = read_embeddings(embeddings).obs
     if "site" not in obs.columns:
         print("\nNo `site` column in the manifest: no audit.")
-        return
+        return 0
     argv = ["audit", "--embeddings", str(embeddings), "--columns", "site", "--folds", "2", "--out", str(out / "audit"),
             "--artifacts", "--checkpoint", str(checkpoint), "--manifest", str(manifest), "--work-dir", str(work)]
     if "subtype" in obs.columns:
@@ -117,5 +121,7 @@ def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work:
         argv += ["--labels", str(labels)]
     print(f"\nbiossl {' '.join(argv)}", flush=True)
     code = main(argv)
-    meaning = {0: "pass", 1: "fail: a site signature was found (a finding, not an error of the demo)"}
+    meaning = {0: "pass", 1: "fail: a site signature was found (a finding, not an error of the demo)",
+               74: "the audit could not be written (see the error above)"}
     print(f"audit exit code {code} ({meaning.get(code, 'bad input')}); report: {out / 'audit' / 'report.html'}")
+    return 0 if code in (0, 1) else code

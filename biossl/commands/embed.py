@@ -17,14 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint written by `biossl pretrain` (e.g. <run>/checkpoints/last.ckpt)")
     parser.add_argument("--manifest", type=Path, required=True, metavar="MANIFEST",
                         help="cohort manifest (CSV/TSV/Parquet): patient_id, modality, path, metadata")
-    parser.add_argument("--out", type=Path, required=True, metavar="H5AD", help="output .h5ad (written atomically)")
+    parser.add_argument("--out", type=Path, required=True, metavar="H5AD",
+                        help="output .h5ad (written atomically; a full disk: one line, exit code 74)")
     parser.add_argument("--labels", type=Path, default=None, metavar="CSV",
                         help="per-patient labels table; its columns are added to obs")
     parser.add_argument("--id-column", default="patient_id", help="patient column of --labels (default patient_id)")
     parser.add_argument("--unknown-labels", choices=("error", "drop"), default="error",
                         help="labelled patients that the manifest lacks: fail (default) or drop them with a warning")
     parser.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
-                        help="tile coordinates and scan cache (default: the pretraining run's, else biossl_work)")
+                        help="tile coordinates and scan cache (default: the pretraining run's for its own "
+                        "cohort, else ./biossl_work)")
     parser.add_argument("--features-dir", type=Path, default=None, metavar="DIR",
                         help="cached tile features (checkpoints pretrained with `biossl cache-features`)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="patients per forward pass (default 8)")
@@ -48,16 +50,18 @@ def run(args: argparse.Namespace) -> int:
     from biossl.downstream.embed import embed_cohort, obsm_key, write_embeddings
     from biossl.errors import InputError
     from biossl.privacy import pseudonymize_obs, read_salt
+    from biossl.threads import cap_workers
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1; got {args.batch_size}")
     if (args.salt_file is not None or args.keep_obs) and not args.pseudonymize:
         raise InputError("--salt-file and --keep-obs only apply with --pseudonymize; add it or drop them")
     salt = read_salt(args.salt_file) if args.pseudonymize else None  # fail before any work
+    num_workers = cap_workers(args.num_workers, "--num-workers")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     adata = embed_cohort(args.checkpoint, args.manifest, work_dir=args.work_dir, labels=args.labels,
                          id_column=args.id_column, unknown_labels=args.unknown_labels, batch_size=args.batch_size,
-                         num_workers=args.num_workers, seed=args.seed, features_dir=args.features_dir,
+                         num_workers=num_workers, seed=args.seed, features_dir=args.features_dir,
                          skip_bad=args.skip_bad, device=device)
     if salt is not None:
         adata = pseudonymize_obs(adata, salt, keep=args.keep_obs)

@@ -7,7 +7,9 @@ Every method of a run is scored on the same patients and folds, side by side in 
 * ``--mode finetune``: the checkpoint's encoders, projections and attention-MIL pools trained end to
   end with the head (:mod:`biossl.downstream.finetuning`);
 * ``--mode scratch``: the same architecture with random weights, same training;
-* ``--baseline-features``: PCA + logistic regression / Cox on raw features; ``--baseline-kmer K``:
+* ``--baseline-features``: on raw features (an expression table), PCA + logistic regression / Cox, and
+  the probe's L2 head on *all* standardised features (``linear_all_logreg`` / ``linear_all_cox``) with
+  its penalty chosen per training fold by inner CV (``--baseline-l2``); ``--baseline-kmer K``:
   k-mer logistic regression on the patients' DNA (:mod:`biossl.downstream.kmers`);
 * ``--splits``: the user's k folds, or one held-out test set (a table ``patient_id,split`` with
   ``train`` / ``test``; ``dev`` rows are left out): every method above then trains on the training
@@ -85,9 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--l2", default=None, metavar="L2",
                         help=f"L2 penalty of the probe (default {DEFAULT_L2['subtype']} subtype, "
                              f"{DEFAULT_L2['survival']} survival); 'auto' or a list L,L,... chooses one per training "
-                             "fold by an inner 3-fold CV on its training patients (auto: 1e-4 ... 10)")
+                             "fold by an inner 3-fold CV on its training patients (auto: 1e-6 ... 1e3, one per "
+                             "decade; a choice at an end of the grid is flagged)")
     parser.add_argument("--baseline-features", type=Path, default=None, metavar="TABLE",
-                        help="raw features (expression table: CSV/TSV/Parquet/h5ad) for the PCA baseline")
+                        help="raw features (expression table: CSV/TSV/Parquet/h5ad) for two baselines: PCA + "
+                             "logistic regression / Cox, and logistic regression / Cox on all standardised features")
+    parser.add_argument("--baseline-l2", default="auto", metavar="L2",
+                        help="L2 penalty of the all-features baseline: auto (default; chosen per training fold by "
+                             "inner 3-fold CV over 1e-6 ... 1e3), one value, or a list L,L,... to choose from")
     parser.add_argument("--baseline-components", type=int, default=16, help="PCA components of the baseline")
     parser.add_argument("--baseline-penalizer", type=float, default=1.0, help="lifelines Cox penalizer (default 1)")
     parser.add_argument("--baseline-kmer", type=int, nargs="?", const=4, default=None, metavar="K",
@@ -110,7 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     modes.add_argument("--manifest", type=Path, default=None, metavar="MANIFEST",
                        help="cohort manifest the checkpoint's encoders read (and --baseline-kmer's sequences)")
     modes.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
-                       help="tile coordinates and scan cache (default: the pretraining run's, else biossl_work)")
+                       help="tile coordinates and scan cache (default: the pretraining run's for its own "
+                       "cohort, else ./biossl_work)")
     modes.add_argument("--features-dir", type=Path, default=None, metavar="DIR",
                        help="cached tile features (checkpoints pretrained with `biossl cache-features`)")
     modes.add_argument("--skip-bad", action="store_true", help="skip unreadable manifest rows with a warning")
@@ -160,7 +168,7 @@ def _probe_features(path: Path, key: str) -> tuple[Any, dict[str, Any], list[str
     return frame, info, patients, adata.obs
 
 
-def _l2(text: str | None, task: str) -> float | list[float]:
+def _l2(text: str | None, task: str, flag: str = "--l2") -> float | list[float]:
     """``--l2``: the task's default, one penalty, ``auto`` (the grid of inner CV) or a list to choose from."""
     from biossl.downstream.methods import L2_GRID
     from biossl.errors import InputError
@@ -172,9 +180,9 @@ def _l2(text: str | None, task: str) -> float | list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise InputError(f"--l2 {text!r}: give a number, a comma-separated list of numbers, or auto") from None
-    if not values or any(not v >= 0 for v in values):
-        raise InputError(f"--l2 {text!r}: penalties must be numbers >= 0")
+        raise InputError(f"{flag} {text!r}: give a number, a comma-separated list of numbers, or auto") from None
+    if not values or any(not (v >= 0 and v < float("inf")) for v in values):
+        raise InputError(f"{flag} {text!r}: penalties must be finite numbers >= 0")
     return values[0] if len(values) == 1 else values
 
 
@@ -304,14 +312,17 @@ def run(args: argparse.Namespace) -> int:
         folds_for,
         label_efficiency,
         label_efficiency_table,
+        metric_names,
         summary_table,
     )
-    from biossl.downstream.methods import LinearProbe, Method, PCABaseline, feature_frame
+    from biossl.downstream.methods import AllFeaturesLinear, LinearProbe, Method, PCABaseline, feature_frame
     from biossl.downstream.tasks import subtype_task, survival_task
-    from biossl.io import jsonable, write_text_atomic
+    from biossl.errors import InputError
+    from biossl.io import atomic_outputs, jsonable, write_text_atomic
 
     modes = _modes(args)
     _check_args(args, modes)
+    baseline_l2 = _l2(args.baseline_l2, args.task, "--baseline-l2")
     salt = _salt(args)
     fractions = sorted(set(_parse_list(args.label_fractions, "--label-fractions", float)))
     for fraction in fractions:
@@ -382,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
         kind = "cox" if args.task == "survival" else "logreg"
         methods.append(PCABaseline(raw, n_components=args.baseline_components, penalizer=args.baseline_penalizer,
                                    name=f"pca{args.baseline_components}_{kind}", source=args.baseline_features.name))
+        methods.append(AllFeaturesLinear(raw, name=f"linear_all_{kind}", source=args.baseline_features.name,
+                                         l2=baseline_l2))
         known |= set(map(str, raw.index))
         sources.append(f"the baseline features {args.baseline_features}")
     if args.baseline_kmer is not None:
@@ -427,13 +440,13 @@ def run(args: argparse.Namespace) -> int:
     efficiency: dict[str, Any] | None = None
     plot_path = None
     if fractions:
+        plot_path = args.plot or args.out.with_suffix(".png")
+        if plot_path.resolve() == args.out.resolve():
+            raise InputError(f"--plot {plot_path} is the --out file; give the plot a name of its own")
         efficiency, runs = label_efficiency(task, methods, folds, fractions, seeds, unlabelled=pool)
         results = runs.get((1.0, args.seed)) or cross_validate(task, methods, folds, seed=args.seed, unlabelled=pool)
-        from biossl.downstream.plots import plot_label_efficiency
-
-        plot_path = args.plot or args.out.with_suffix(".png")
-        plot_label_efficiency(efficiency, plot_path, title=f"{args.task}: {len(task)} patients; mean ± sd over "
-                              f"{len(scored_folds(folds))} folds x {len(seeds)} seed(s)")
+        plot_title = (f"{args.task}: {len(task)} patients; mean ± sd over {len(scored_folds(folds))} folds x "
+                      f"{len(seeds)} seed(s)")
         efficiency["plot"] = Path(plot_path).name
     else:
         results = cross_validate(task, methods, folds, seed=args.seed, unlabelled=pool)
@@ -477,8 +490,16 @@ def run(args: argparse.Namespace) -> int:
             if section in report:
                 report[section] = pseudonymize_record(report[section], ids, salt)
         report["pseudonymized"] = "patient IDs replaced by HMAC-SHA256 pseudonyms (biossl.privacy)"
-    write_text_atomic(args.out, json.dumps(jsonable(report), indent=1) + "\n")
-    table = summary_table(results, task.metric_names)
+    text = json.dumps(jsonable(report), indent=1) + "\n"
+    if plot_path is None or efficiency is None:
+        write_text_atomic(args.out, text)
+    else:  # the plot and the JSON naming it land together, the JSON last (biossl.io.atomic_outputs)
+        from biossl.downstream.plots import plot_label_efficiency
+
+        with atomic_outputs(plot_path, args.out) as (png_tmp, json_tmp):
+            plot_label_efficiency(efficiency, png_tmp, title=plot_title)
+            json_tmp.write_text(text)
+    table = summary_table(results, metric_names(task))
     described = task.describe()
     extra = (f", {described['n_events']} events" if "n_events" in described
              else f", classes {described.get('classes')}")

@@ -6,11 +6,16 @@ option can be overridden on the command line (``--trainer.max_steps 50``), and t
 is saved beside the checkpoints. GPU, bf16 autocast and several devices are chosen automatically
 when present; CPU and fp32 otherwise.
 
-**Killed runs.** Checkpoints are written atomically (a temporary file beside the target, then a
-rename), so a run killed at any moment (SIGKILL, a node failure) leaves only complete checkpoints,
+**Killed runs.** Checkpoints are written atomically and durably (a temporary file beside the target,
+flushed to the disk, then a rename, then the folder flushed), so a run killed at any moment (SIGKILL, a
+node failure, a power loss) leaves only complete checkpoints,
 and ``--ckpt_path last`` (or the path of ``last.ckpt``) resumes it exactly. ``metrics.csv`` is flushed
 every step, and a resumed run keeps the rows of the steps before its checkpoint: the file ends with
 one row per step, as an uninterrupted run's does.
+
+**Full disk.** A checkpoint or ``metrics.csv`` that cannot be written (disk full, quota, read-only
+folder) stops the run with one line naming the file and the free space, and exit code 74; the
+checkpoints already written stay complete.
 """
 
 from __future__ import annotations
@@ -32,18 +37,19 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from biossl.data.datamodule import BagDataModule
 from biossl.errors import InputError
-from biossl.io import atomic_path
+from biossl.io import output_error, save_torch_atomic
 from biossl.modules.pretrain import PretrainModule
 
 PASSTHROUGH = True  # this verb parses its own arguments (jsonargparse)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temporary file beside the checkpoint, then a rename onto it.
+    """``torch.save`` to a temporary file beside the checkpoint, flushed to the disk, then a rename onto it.
 
     Lightning's own writer stages the file in the system temporary folder and moves it, which is a
     copy (not atomic) when that folder is on another file system, and leaves the temporary file
-    behind when the process is killed. Remote paths (``s3://`` ...) keep Lightning's writer.
+    behind when the process is killed. A full disk raises :class:`~biossl.errors.OutputError` (torch
+    itself says ``unexpected pos``). Remote paths (``s3://`` ...) keep Lightning's writer.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -51,8 +57,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        save_torch_atomic(checkpoint, path)
 
 
 class _ResumingWriter(ExperimentWriter):
@@ -79,7 +84,13 @@ class _ResumingWriter(ExperimentWriter):
             kept = [row for row in self._previous if row.get("step", "").isdigit() and int(row["step"]) < first]
             self.metrics = [*kept, *self.metrics]
             self._previous = None
-        super().save()
+        try:
+            super().save()
+        except OSError as exc:  # a full disk: one line naming metrics.csv (biossl.cli prints it, exit 74)
+            err = output_error(exc, self.metrics_file_path)
+            if err is None:
+                raise
+            raise err from exc
 
 
 class ResumingCSVLogger(CSVLogger):
@@ -169,8 +180,13 @@ class PretrainCLI(LightningCLI):
         return trainer
 
     def before_instantiate_classes(self) -> None:
-        """Read biossl's own options before the trainer is built."""
+        """Read biossl's own options before the trainer is built; keep DataLoader workers within the CPUs."""
+        from biossl.threads import cap_workers
+
         self.checkpoint_every = int(self.config.get("checkpoint_every") or 50)
+        workers = self.config.get("data.num_workers")
+        if isinstance(workers, int) and workers > 0:
+            self.config["data.num_workers"] = cap_workers(workers, "data.num_workers")
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         """Add ``--ckpt_path`` (resume) and link the data seed to the model seed."""

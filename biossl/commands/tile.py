@@ -26,18 +26,36 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def parse_mpp(text: str) -> float:
+    """Parse a µm per pixel value; an implausible one (a value in mm, say) is refused before any work."""
+    from biossl.data.wsi import mpp_problem  # openslide is loaded only when the option is used
+
+    problem = mpp_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return float(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's arguments to ``parser``."""
     parser.add_argument("slides", nargs="+", metavar="SLIDE", help="whole-slide images (.svs, .tif, ...)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for .h5 and thumbnails")
-    parser.add_argument("--mpp", type=float, default=0.5, help="target µm per pixel of tiles (default 0.5)")
+    parser.add_argument("--mpp", type=parse_mpp, default=0.5, help="target µm per pixel of tiles (default 0.5)")
     parser.add_argument("--tile-size", type=int, default=256, help="tile side in pixels (default 256)")
     parser.add_argument(
         "--slide-mpp",
-        type=float,
+        type=parse_mpp,
         default=None,
         metavar="X",
-        help="level-0 µm/px of the slides, for files without it in their metadata",
+        help="level-0 µm/px of the slides whose files do not record it (slides that record it keep their own)",
+    )
+    parser.add_argument(
+        "--override-slide-mpp",
+        type=parse_mpp,
+        default=None,
+        metavar="X",
+        help="level-0 µm/px replacing what every slide's file records (each replacement is logged); "
+        "only for files whose metadata is wrong",
     )
     parser.add_argument(
         "--min-tissue",
@@ -82,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         mpp=args.mpp,
         tile_size=args.tile_size,
         slide_mpp=args.slide_mpp,
+        override_slide_mpp=args.override_slide_mpp,
         min_tissue=args.min_tissue,
         keep_empty=args.keep_empty,
     )

@@ -117,8 +117,9 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
     Args:
         cohort: A validated cohort.
         spec: Instance counts and shapes.
-        coords_dir: Folder of tile coordinates (``<slide stem>.h5``) written by ``biossl tile``;
-            needed when the cohort has slides.
+        coords_dir: Folder of tile coordinates written by ``biossl tile`` (``<stem>.<fingerprint>.h5``,
+            :func:`biossl.data.tiling.slide_key`); needed when the cohort has slides. Tiles are read from
+            the manifest's slide files, which must be the files that were tiled.
         vocabulary: Gene vocabulary that expression is aligned to; needed when the cohort has
             expression.
         features_dir: Folder of cached tile embeddings (``biossl cache-features``); when given, a
@@ -149,6 +150,7 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
         self.modalities = tuple(m for m in self.spec.modalities if m in present)
         self._meta = _metadata_records(cohort, self.patients)
         self._tiles: dict[str, list[tuple[Path, int]]] = {}
+        self._slide_of: dict[Path, Path] = {}  # coordinates file -> the manifest's slide file it lists tiles of
         self._expr: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.expression_transforms: dict[str, str] = {}
         self._seqs: dict[str, np.ndarray] = {}
@@ -173,18 +175,20 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
     # -- construction ---------------------------------------------------------------------------
     def _index_tiles(self, coords_dir: Path | None) -> None:
         from biossl.data.tiles import SlideTiles
+        from biossl.data.tiling import slide_key
 
         if coords_dir is None:
             raise InputError("the cohort has slides: pass the folder of tile coordinates written by `biossl tile`")
         for p in self.patients:
             entries = []
             for path in self.cohort.files(p, keys.WSI):
-                h5 = Path(coords_dir) / f"{Path(path).stem}.h5"
+                h5 = Path(coords_dir) / f"{slide_key(path)}.h5"
                 if not h5.is_file():
                     raise InputError(
                         f"patient {p}: no tile coordinates {h5} for slide {path}; run `biossl tile` on it first"
                     )
-                entries.append((h5, len(SlideTiles(h5))))
+                self._slide_of[h5] = Path(path)
+                entries.append((h5, len(SlideTiles(h5, slide_path=path))))
             self._tiles[p] = [(h5, n) for h5, n in entries if n > 0]
 
     def _index_features(self) -> None:
@@ -192,8 +196,9 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
 
         assert self.features_dir is not None
         files: list[Path] = []
+        claimed: dict[Path, tuple[Path, str | None]] = {}  # two slides never read one <stem>.h5 features file
         for p in self.patients:
-            h5s = feature_files_for(self.cohort.files(p, keys.WSI), self.features_dir, patient=p)
+            h5s = feature_files_for(self.cohort.files(p, keys.WSI), self.features_dir, patient=p, claimed=claimed)
             self._tiles[p] = [(h5, n) for h5 in h5s if (n := len(SlideFeatures(h5))) > 0]
             files += h5s
         if files:
@@ -281,7 +286,7 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
             h5 = slides[s][0]
             reader = self._slide_tiles.get(h5)
             if reader is None:
-                reader = self._slide_tiles[h5] = SlideTiles(h5)
+                reader = self._slide_tiles[h5] = SlideTiles(h5, slide_path=self._slide_of[h5])
             tile = reader.read(int(flat - offsets[s]))
             out.append(torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1))
         x = torch.stack(out).float().div_(255.0)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from biossl.data.keys import EXPRESSION, MODALITIES, MODALITY, PATH, PATIENT_ID, REQUIRED_COLUMNS, SEQUENCE
+from biossl.data.keys import EXPRESSION, MODALITIES, MODALITY, PATH, PATIENT_ID, REQUIRED_COLUMNS, SEQUENCE, WSI
 from biossl.data.labels import MAX_NAMED, read_table
 from biossl.errors import ManifestError
 from biossl.io import atomic_path
@@ -40,6 +40,11 @@ TablePatientsFn = Callable[[Path], Collection[str]]
 
 
 ROW = "manifest_row"
+#: Manifest column: a wsi row's level-0 µm/px, used when the slide's file records none (it must agree,
+#: within 2 %, with a value the file records: a silent rescale otherwise).
+SLIDE_MPP = "slide_mpp"
+#: Manifest column: a wsi row's level-0 µm/px replacing the one its file records (each use is logged).
+OVERRIDE_SLIDE_MPP = "override_slide_mpp"
 #: How many problems an error message lists.
 MAX_LISTED = 20
 
@@ -113,8 +118,12 @@ class _Checker:
     """Row checks of a manifest, with readers' probes loaded lazily and cached per file."""
 
     def __init__(self, *, probe: bool, probes: Mapping[str, ProbeFn] | None,
-                 table_patients: TablePatientsFn | None, check_values: bool = False) -> None:
+                 table_patients: TablePatientsFn | None, check_values: bool = False,
+                 require_slide_mpp: bool = False, slide_mpp: float | None = None) -> None:
         self.probe = probe
+        self.require_slide_mpp = require_slide_mpp
+        self.slide_mpp = slide_mpp
+        self._file_mpps: dict[str, float | str | None] = {}
         self.check_values = check_values
         self.probes: dict[str, ProbeFn | None] = dict(probes or {})
         self.table_patients = table_patients
@@ -170,6 +179,52 @@ class _Checker:
         return (f"patient not in this {modality} table{column} ({len(found)} patients, e.g. {sorted(found)[:3]}); "
                 "fix the patient_id or the path")
 
+    def _file_mpp(self, path: str) -> float | str | None:
+        """The µm/px the slide file records (``None`` if none; the reason as text if it cannot be used)."""
+        if path not in self._file_mpps:
+            from biossl.data.wsi import Slide  # openslide only when a cohort has slides
+
+            try:
+                with Slide(path, require_mpp=False) as slide:
+                    self._file_mpps[path] = slide.file_mpp
+            except (ValueError, OSError) as exc:  # SlideError is a ValueError
+                self._file_mpps[path] = f"unreadable wsi file: {exc}"
+        return self._file_mpps[path]
+
+    def _slide_mpp_problem(self, path: str, cells: Mapping[str, object]) -> str | None:
+        """Why a wsi row's µm/px is wrong (``None`` if it is fine).
+
+        The ``slide_mpp`` / ``override_slide_mpp`` cells must be plausible numbers (any check). With
+        ``probe``: a ``slide_mpp`` cell must agree with the µm/px the file records, and with
+        ``require_slide_mpp`` a slide must have µm/px from its file, its row or the ``slide_mpp`` default.
+        """
+        from biossl.data.wsi import disagreement, mpp_problem
+
+        given: dict[str, float] = {}
+        for column in (SLIDE_MPP, OVERRIDE_SLIDE_MPP):
+            text = _text(cells.get(column))
+            if text:
+                problem = mpp_problem(text)
+                if problem is not None:
+                    return (f"{column} {problem}; write the scanner's level-0 µm/px or leave the cell empty "
+                            "to use the slide's metadata")
+                given[column] = float(text)
+        if not self.probe or OVERRIDE_SLIDE_MPP in given:  # an override is explicit: the file's value is replaced
+            return None
+        recorded = self._file_mpp(path)
+        if isinstance(recorded, str):
+            return recorded
+        cell = given.get(SLIDE_MPP)
+        if recorded is not None and cell is not None and disagreement(cell, recorded):
+            return (f"{SLIDE_MPP} {cell:g} disagrees with the {recorded:g} µm/px that the file records (tiling would "
+                    f"rescale the slide); empty the cell to use the file's value, or, if the file is wrong, move the "
+                    f"value to an {OVERRIDE_SLIDE_MPP} column, which replaces the file's value")
+        if recorded is None and cell is None and self.slide_mpp is None and self.require_slide_mpp:
+            return (f"the slide records no µm/px (MPP) and none is given; fill this row's {SLIDE_MPP} column with the "
+                    "scanner's level-0 µm/px (0.25 at 40x, 0.5 at 20x), or pass biossl cohort --slide-mpp "
+                    "(data.slide_mpp for pretraining) for every slide without it")
+        return None
+
     def check_rows(self, df: pd.DataFrame, folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
         """Return the good rows (with absolute paths and a ``manifest_row`` column) and the problems."""
         problems: list[Problem] = []
@@ -202,6 +257,8 @@ class _Checker:
                 reason = self._unreadable(modality, full)
                 if reason is None and modality in (EXPRESSION, SEQUENCE):
                     reason = self._absent_from_table(patient, full, modality)
+            if reason is None and modality == WSI:
+                reason = self._slide_mpp_problem(full, df.loc[index])
             if patient and modality in MODALITIES and full:
                 seen.setdefault((patient, modality, full), row)
             if reason is not None:
@@ -308,6 +365,8 @@ class Cohort:
         check_values: bool = False,
         probes: Mapping[str, ProbeFn] | None = None,
         table_patients: TablePatientsFn | None = None,
+        require_slide_mpp: bool = False,
+        slide_mpp: float | None = None,
     ) -> Cohort:
         """Load and validate a manifest; every problem is collected before anything is raised.
 
@@ -315,7 +374,8 @@ class Cohort:
         missing file, duplicate rows (same patient, modality and file), files that the modality's probe
         cannot read (each distinct file probed once), expression patients absent from their table,
         sequence patients absent from a sequence table's ``patient_id`` column, patients left with no
-        usable file.
+        usable file, wsi rows whose ``slide_mpp`` / ``override_slide_mpp`` cell is not a plausible µm/px,
+        and (probing) whose ``slide_mpp`` disagrees by more than 2 % with the µm/px the slide file records.
 
         Args:
             path: The manifest (CSV, TSV or Parquet).
@@ -334,13 +394,17 @@ class Cohort:
                 raises an :class:`~biossl.errors.InputError` for an unreadable file.
             table_patients: ``table_patients(path) -> patient IDs`` of an expression table, overriding
                 ``biossl.data.expression.table_patients``.
+            require_slide_mpp: A slide whose file records no µm/px needs it from its row's ``slide_mpp``
+                cell or ``slide_mpp`` (``biossl cohort`` asks for this; tiling needs it). Needs ``probe``.
+            slide_mpp: The level-0 µm/px of slides without it in their files and their row (``--slide-mpp``).
 
         Raises:
             ManifestError: listing up to 20 problems with their row, patient and file.
         """
         path = Path(path)
         df = _read_records(path)
-        checker = _Checker(probe=probe, probes=probes, table_patients=table_patients, check_values=check_values)
+        checker = _Checker(probe=probe, probes=probes, table_patients=table_patients, check_values=check_values,
+                           require_slide_mpp=require_slide_mpp, slide_mpp=slide_mpp)
         kept, problems = checker.check_rows(df, path.parent.absolute())
         _handle_problems(problems, manifest=path, skip_bad=skip_bad, report_path=report_path)
         if kept.empty:

@@ -8,6 +8,8 @@ before it starts, and the processes of a DDP run do not each read it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +22,10 @@ from torch.utils.data import DataLoader
 
 from biossl.data import keys
 from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, collate_bags
-from biossl.data.cohort import ROW, Cohort
+from biossl.data.cohort import OVERRIDE_SLIDE_MPP, ROW, SLIDE_MPP, Cohort
+from biossl.data.wsi import mpp_problem
 from biossl.errors import InputError, ManifestError
+from biossl.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,11 @@ class BagDataModule(pl.LightningDataModule):
 
     Slides without tile coordinates are tiled once, in :meth:`prepare_data`, into
     ``<work_dir>/tiles`` (reruns skip finished slides), so pretraining can start from a manifest.
-    The cohort's problems are written to ``<work_dir>/skipped_rows.csv`` (:attr:`report_path`).
+    Tile files are named by each slide's content fingerprint (:func:`biossl.data.tiling.slide_key`), so
+    cohorts sharing a work folder never read each other's tiles.
+    The cohort's problems are written to ``<work_dir>/skipped_rows.csv`` (:attr:`report_path`), with
+    ``skipped_rows.manifest.json`` beside it naming the manifest (resolved path and SHA-256) and the
+    report's SHA-256: a report is only ever applied to the manifest it was made from.
 
     Args:
         manifest: Cohort manifest (CSV/TSV/Parquet).
@@ -66,11 +74,15 @@ class BagDataModule(pl.LightningDataModule):
         mpp: Target micrometres per pixel of tiles.
         tile_size: Tile edge at ``mpp`` (pixels) written by the tiler.
         min_tissue: Minimum tissue fraction of a kept tile.
-        slide_mpp: Level-0 µm/px of the slides, for files without it in their metadata (as ``biossl tile
-            --slide-mpp``; it overrides the metadata of every slide tiled here). A ``slide_mpp`` column of
-            the manifest gives it per slide: a wsi row's value wins over this default, which applies to
-            rows left empty (:func:`biossl.data.tiling.manifest_slide_mpp`). Slides already tiled with the same ``mpp``,
-            ``tile_size`` and ``min_tissue`` are reused without it.
+        slide_mpp: Level-0 µm/px of slides whose files do not record it (as ``biossl tile --slide-mpp``;
+            a slide whose file records it keeps its own). A ``slide_mpp`` column of the manifest gives it
+            per slide: a wsi row's value wins over this default, which applies to rows left empty
+            (:func:`biossl.data.tiling.manifest_slide_mpp`); the cohort check refuses a row value that
+            disagrees with the file's. Slides already tiled with the same ``mpp``, ``tile_size`` and
+            ``min_tissue`` are reused without it.
+        override_slide_mpp: Level-0 µm/px replacing what every slide's file records (as ``biossl tile
+            --override-slide-mpp``; each replacement is logged), for files whose metadata is wrong. An
+            ``override_slide_mpp`` column of the manifest gives it per slide (a row's value wins).
         skip_bad: Skip unreadable manifest rows with a warning and a report instead of failing.
         features_dir: Cached tile embeddings from ``biossl cache-features``; slides are then read as
             feature vectors (use the ``features/mlp`` encoder for ``wsi``) and are not tiled again.
@@ -94,6 +106,7 @@ class BagDataModule(pl.LightningDataModule):
         tile_size: int = 256,
         min_tissue: float = 0.5,
         slide_mpp: float | None = None,
+        override_slide_mpp: float | None = None,
         skip_bad: bool = False,
         features_dir: str | Path | None = None,
         holdout: float = 0.0,
@@ -109,10 +122,10 @@ class BagDataModule(pl.LightningDataModule):
         self.spec = spec or BagSpec()
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.mpp, self.tile_size, self.min_tissue, self.skip_bad = mpp, tile_size, min_tissue, skip_bad
-        if slide_mpp is not None and not slide_mpp > 0:
-            raise InputError(f"data.slide_mpp must be a positive number of µm per pixel (0.25 at 40x, 0.5 at 20x); "
-                             f"got {slide_mpp}")
-        self.slide_mpp = slide_mpp
+        for name, value in (("slide_mpp", slide_mpp), ("override_slide_mpp", override_slide_mpp)):
+            if value is not None and (problem := mpp_problem(value)) is not None:
+                raise InputError(f"data.{name} {problem}")
+        self.slide_mpp, self.override_slide_mpp = slide_mpp, override_slide_mpp
         self.features_dir = Path(features_dir) if features_dir is not None else None
         self.cohort: Cohort | None = None
         self.dataset: PatientBagDataset | None = None
@@ -128,6 +141,32 @@ class BagDataModule(pl.LightningDataModule):
         """The manifest report: every problem the last cohort check found (CSV, rewritten by each check)."""
         return self.work_dir / "skipped_rows.csv"
 
+    @property
+    def report_stamp_path(self) -> Path:
+        """What :attr:`report_path` was made from: the manifest's resolved path and SHA-256, the report's SHA-256."""
+        return self.work_dir / "skipped_rows.manifest.json"
+
+    def _manifest_stamp(self) -> dict[str, Any]:
+        return {"manifest": str(self.manifest.resolve()),
+                "manifest_sha256": hashlib.sha256(self.manifest.read_bytes()).hexdigest(),
+                "skip_bad": bool(self.skip_bad)}
+
+    def _stamp_report(self) -> None:
+        """Record, beside the report just written, which manifest it is of."""
+        if self.report_path.is_file():
+            report = hashlib.sha256(self.report_path.read_bytes()).hexdigest()
+            stamp = {**self._manifest_stamp(), "report_sha256": report}
+            write_text_atomic(self.report_stamp_path, json.dumps(stamp, indent=1) + "\n")
+
+    def _report_is_ours(self) -> bool:
+        """True if :attr:`report_path` was written for this manifest (same path and content) and is unchanged since."""
+        try:
+            stamp = json.loads(self.report_stamp_path.read_text())
+            report = hashlib.sha256(self.report_path.read_bytes()).hexdigest()
+        except (OSError, ValueError):
+            return False
+        return isinstance(stamp, dict) and stamp == {**self._manifest_stamp(), "report_sha256": report}
+
     def load_cohort(self) -> Cohort:
         """Validate and return the cohort (cached), probing file headers only (no voxel data is read).
 
@@ -138,9 +177,15 @@ class BagDataModule(pl.LightningDataModule):
         if self.cohort is None:
             trainer = self.trainer
             if trainer is not None and trainer.local_rank != 0 and self.report_path.is_file():
-                self.cohort = self._cohort_as_checked()
+                if self._report_is_ours():
+                    self.cohort = self._cohort_as_checked()
+                else:  # another run's report (another manifest, or changed since): check here, write nothing
+                    logger.warning("%s is not the report of manifest %s (%s); checking the cohort on this process",
+                                   self.report_path, self.manifest, self.report_stamp_path)
+                    self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, check_values=True)
             else:
                 self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, report_path=self.report_path)
+                self._stamp_report()
         return self.cohort
 
     def check_cohort(self) -> Cohort:
@@ -149,8 +194,11 @@ class BagDataModule(pl.LightningDataModule):
         Raises:
             ManifestError: a bad row (unless ``skip_bad``), with every problem listed.
         """
-        self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, report_path=self.report_path,
-                                           check_values=True)
+        try:
+            self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, report_path=self.report_path,
+                                               check_values=True)
+        finally:
+            self._stamp_report()
         return self.cohort
 
     def _cohort_as_checked(self) -> Cohort:
@@ -171,8 +219,10 @@ class BagDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Check the cohort in full, then tile every slide of the cohort that has no coordinates yet.
 
-        A slide's level-0 µm/px comes from the manifest's ``slide_mpp`` column when its row has one,
-        else from ``data.slide_mpp``, else from the file's metadata.
+        A slide's level-0 µm/px is its file's; for a file without it, the manifest's ``slide_mpp``
+        column when its row has one, else ``data.slide_mpp``; ``override_slide_mpp`` (column, else
+        ``data.override_slide_mpp``) replaces the file's. A slide left without one stops the run with
+        a message naming its manifest row and patient.
 
         Lightning calls this once per run, on the first process of each node, before :meth:`setup`: the
         full check (:meth:`check_cohort`) reads the voxels of floating-point NIfTI, so a scan with NaN
@@ -187,8 +237,26 @@ class BagDataModule(pl.LightningDataModule):
         if slides and self.features_dir is None:
             # A slide without tissue: a warning and an .h5 listing no tiles (the patient's bag has none from it).
             slide_mpp = manifest_slide_mpp(cohort.table, self.slide_mpp, manifest=self.manifest)
+            override = manifest_slide_mpp(cohort.table, self.override_slide_mpp, manifest=self.manifest,
+                                          column=OVERRIDE_SLIDE_MPP)
             tile_slides(slides, self.coords_dir, mpp=self.mpp, tile_size=self.tile_size,
-                        min_tissue=self.min_tissue, slide_mpp=slide_mpp, keep_empty=True)
+                        min_tissue=self.min_tissue, slide_mpp=slide_mpp, override_slide_mpp=override,
+                        fix_mpp=self._fix_mpp(cohort), keep_empty=True)
+
+    def _fix_mpp(self, cohort: Cohort) -> Callable[[Path], str]:
+        """``slide -> what to do`` about a slide without µm/px: names its manifest rows and patients."""
+        table = cohort.table[cohort.table[keys.MODALITY] == keys.WSI]
+        rows_of: dict[Path, list[str]] = {}
+        for patient, path, row in table[[keys.PATIENT_ID, keys.PATH, ROW]].itertuples(index=False):
+            rows_of.setdefault(Path(path), []).append(f"row {row} (patient {patient!r})")
+
+        def fix(path: Path) -> str:
+            rows = ", ".join(rows_of.get(Path(path), [])) or "its row"
+            return (f"manifest {self.manifest}, {rows}: fill the manifest's {SLIDE_MPP} column for it with the "
+                    "scanner's level-0 µm/px (0.25 at 40x, 0.5 at 20x), or set --data.slide_mpp (data.slide_mpp "
+                    "in the config) for every slide without it")
+
+        return fix
 
     def setup(self, stage: str | None = None) -> None:
         """Build the bag dataset (and the gene vocabulary when none was given)."""

@@ -3,7 +3,9 @@
 Accepted inputs: ``.h5ad`` (AnnData), CSV/TSV (optionally ``.zip``/``.gz``/``.bz2``/``.xz``
 compressed; a zip must hold one member, whatever its name) and Parquet. Rows are patients (TCGA
 tables: one row per slide, so a patient can have several rows) or cells with a patient column.
-``obs["patient_id"]`` always holds the patient id as a string. Gene columns are, in order of
+``obs["patient_id"]`` always holds the patient id as text, read as text from the start: ``0012`` and ``12``
+are two patients, and ``NA``, ``nan`` or ``1e5`` are ids like any other (only an empty cell is missing); a
+number id (Parquet, ``.h5ad`` obs) becomes its text, ``12.0`` as ``"12"``. Gene columns are, in order of
 precedence: ``gene_columns=``; the ``*_rnaseq`` columns of TCGA-style tables (suffix stripped); every
 numeric column that is not declared metadata. All other columns go to ``obs`` unchanged.
 
@@ -33,6 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from biossl.data.keys import PATIENT_ID
+from biossl.data.labels import id_text
 from biossl.errors import ExpressionError
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,9 @@ _UNNAMED = re.compile(r"^Unnamed: \d+$")
 _PANDAS_COPY = re.compile(r"^(.+)\.\d+$")
 _CACHE: OrderedDict[tuple[Hashable, ...], ad.AnnData] = OrderedDict()
 _CACHE_SIZE = 16
+#: Cells read as missing in the columns that are not the patient column (pandas' defaults).
+_NA_TEXT = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+            "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
 Aggregate = Literal["first", "mean"]
 Genes = Sequence[str] | str | None
 
@@ -271,7 +277,7 @@ def _load(path: Path, patient_column: str | None, genes: Genes, meta: set[str]) 
             if not isinstance(df.index, pd.RangeIndex):
                 df = df.reset_index()
         elif name.endswith((".csv", ".tsv", ".tab", ".txt")):
-            df = pd.read_csv(path, sep="," if name.endswith(".csv") else "\t", low_memory=False)
+            df = _read_text_table(path, "," if name.endswith(".csv") else "\t", patient_column)
         else:
             raise ExpressionError(
                 f"{path}: unknown expression format; use .h5ad, .csv/.tsv (optionally .gz/.zip) or .parquet"
@@ -283,6 +289,34 @@ def _load(path: Path, patient_column: str | None, genes: Genes, meta: set[str]) 
             raise ExpressionError(f"{path}: empty expression table") from exc
         raise ExpressionError(f"{path}: cannot read expression table ({exc})") from exc
     return _table_to_adata(df, path, patient_column, genes, meta)
+
+
+def _read_text_table(path: Path, sep: str, patient_column: str | None) -> pd.DataFrame:
+    """A CSV/TSV whose patient column (named, a known name, else the first column) is read as text.
+
+    ``0012`` stays ``"0012"`` (not the number 12, which would merge it with patient ``12``), and ``NA``,
+    ``nan`` or ``TRUE`` stay the patients they name; only an empty cell is missing there. A first
+    column holding nothing but numbers is converted back: a gene, not patient ids.
+    """
+    header = [str(c) for c in pd.read_csv(path, sep=sep, nrows=0).columns]
+    id_column = patient_column or next((c for c in PATIENT_CANDIDATES if c in header), None)
+    first_is_guess = id_column is None
+    id_column = id_column if id_column is not None else (header[0] if header else None)
+    if id_column not in header:
+        return pd.read_csv(path, sep=sep, low_memory=False)
+    df = pd.read_csv(path, sep=sep, low_memory=False, dtype={id_column: str}, keep_default_na=False,
+                     na_values={c: [""] if c == id_column else _NA_TEXT for c in header})
+    if first_is_guess:
+        cells = df[id_column].where(~df[id_column].isin(_NA_TEXT))
+        numbers = pd.to_numeric(cells, errors="coerce")
+        if numbers.notna().any() and numbers.notna().equals(cells.notna()):
+            df[id_column] = numbers
+    return df
+
+
+def _id_text(values: pd.Series) -> pd.Series:
+    """Patient ids as stripped text; a whole number stored as a float (Parquet, h5ad ``12.0``) as ``"12"``."""
+    return values.astype(object).map(id_text)
 
 
 def _load_h5ad(path: Path, patient_column: str | None, genes: Genes) -> ad.AnnData:
@@ -298,7 +332,13 @@ def _load_h5ad(path: Path, patient_column: str | None, genes: Genes) -> ad.AnnDa
         raise ExpressionError(
             f"{path}: patient column {column!r} not in obs; obs columns are {list(obs.columns)}"
         )
-    obs[PATIENT_ID] = obs[column].astype(str).to_numpy() if column else obs.index.astype(str).to_numpy()
+    ids = _id_text(obs[column] if column else pd.Series(obs.index, index=obs.index))
+    empty = np.flatnonzero(ids.isna().to_numpy() | (ids == "").to_numpy())
+    if len(empty):
+        where = f"obs column {column!r}" if column else "obs_names"
+        raise ExpressionError(f"{path}: {where} has no patient id for {len(empty)} cell(s)/row(s) (first: obs row "
+                              f"{int(empty[0])}); give every row its patient")
+    obs[PATIENT_ID] = ids.to_numpy(dtype=object)
     if not np.issubdtype(adata.X.dtype, np.floating):
         adata.X = adata.X.astype(np.float32)
     if genes is not None:
@@ -369,7 +409,10 @@ def _table_to_adata(
             f"{path}: no numeric gene columns found; pass gene_columns= (columns: {columns[:30]})"
         )
     obs = df.drop(columns=chosen)
-    patients = obs[pcol].astype(str)
+    patients = _id_text(obs[pcol])
+    if (patients == "").any():
+        row = int(np.flatnonzero((patients == "").to_numpy())[0])
+        raise ExpressionError(f"{path}: patient column {pcol!r} is empty in row {row + 2} (line in the file)")
     obs[PATIENT_ID] = patients.to_numpy()
     index = patients + "#" + patients.groupby(patients).cumcount().astype(str)
     obs.index = pd.Index(np.where(patients.duplicated(keep=False), index, patients), dtype=str)

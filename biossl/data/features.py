@@ -2,12 +2,17 @@
 
 A slide has 10k-50k tiles; patient-level pretraining reads a few of them per step, so reading
 precomputed embeddings instead of pixels makes a step cheap. :func:`write_tile_features` writes,
-atomically, ``<out_dir>/<slide_stem>.h5`` with
+atomically, ``<out_dir>/<key>.h5`` (the coordinates file's name: the slide's stem and content
+fingerprint, :func:`biossl.data.tiling.slide_key`) with
 
 * ``features``: float16 ``[N, D]``, row ``i`` the embedding of tile ``i`` of the coordinates file;
 * ``coords``: int64 ``[N, 2]``, copied from the coordinates file (same order);
 * attributes ``encoder``, ``embed_dim``, ``weights_sha1`` (of the encoder's weights), ``tile_px``,
-  ``source_coords``, ``slide_path``, ``n_tiles``, ``biossl_version`` and any ``extra_attrs``.
+  ``source_coords``, ``slide_path``, ``slide_fingerprint``, ``n_tiles``, ``biossl_version`` and any
+  ``extra_attrs``.
+
+:func:`feature_files_for` finds a cohort's slides' files by that name, else by the slide's stem alone
+(``<stem>.h5``, as TRIDENT and CLAM name theirs), checking the slide fingerprint a file records.
 
 Tiles are fed to the encoder exactly as :class:`biossl.data.bags.PatientBagDataset` feeds pixels
 (float in [0, 1], bilinear antialiased resize to ``tile_px``), so a checkpoint's wsi encoder sees
@@ -32,9 +37,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from biossl import __version__
+from biossl.data.identity import file_identity
 from biossl.data.tiles import SlideTiles, TileDataset
 from biossl.errors import InputError
-from biossl.io import atomic_path
+from biossl.io import atomic_h5
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +84,8 @@ class ResizeTile:
         return interpolate(x[None], size=self.tile_px, mode="bilinear", antialias=True)[0]
 
 
-def _cached(out: Path, coords: np.ndarray, identity: Mapping[str, Any]) -> bool:
-    """True if ``out`` holds features for exactly ``coords`` from the same encoder and tile size."""
+def _cached(out: Path, coords: np.ndarray, identity: Mapping[str, Any], slide_fingerprint: str | None) -> bool:
+    """True if ``out`` holds features for exactly ``coords`` of this slide file from the same encoder and tile size."""
     if not out.exists():
         return False
     try:
@@ -87,6 +93,10 @@ def _cached(out: Path, coords: np.ndarray, identity: Mapping[str, Any]) -> bool:
             shape, old_coords, attrs = f["features"].shape, f["coords"][:], dict(f.attrs)
     except (OSError, KeyError) as exc:
         logger.warning("%s is unreadable (%s); computing its features again", out, exc)
+        return False
+    if attrs.get("slide_fingerprint") != slide_fingerprint:
+        logger.warning("%s was computed from another slide file (fingerprint %s, now %s); computing again", out,
+                       attrs.get("slide_fingerprint", "not recorded"), slide_fingerprint)
         return False
     if shape[0] != len(coords) or not np.array_equal(old_coords, coords):
         logger.warning("%s lists other tiles than its coordinates file now does; computing again", out)
@@ -114,7 +124,7 @@ def write_tile_features(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Embed every tile listed in ``coords_h5`` and write ``<out_dir>/<slide_stem>.h5``.
+    """Embed every tile listed in ``coords_h5`` and write ``<out_dir>/<coords_h5's name>``.
 
     The encoder (any module with ``embed(x [n, 3, H, W]) -> [n, D]`` and an int ``embed_dim``) is
     moved to ``device`` and put in eval mode; it runs under :func:`torch.inference_mode`, with bf16
@@ -158,7 +168,7 @@ def write_tile_features(
         "embed_dim": embed_dim,
         "tile_px": tile_px,
     }
-    if not overwrite and _cached(out, tiles.coords, identity):
+    if not overwrite and _cached(out, tiles.coords, identity, tiles.slide_fingerprint):
         logger.info("%s: features already cached in %s, skipped", coords_h5.stem, out)
         return out
     if len(tiles) == 0:  # a slide without tissue (`biossl tile --keep-empty`): a features file without rows
@@ -170,7 +180,7 @@ def write_tile_features(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=dev.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     n = len(dataset)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(out) as f:  # built in memory (n x dim float16): HDF5 never meets a full disk itself
         feats = f.create_dataset("features", shape=(n, embed_dim), dtype=np.float16)
         f.create_dataset("coords", data=tiles.coords.astype(np.int64))
         bar = tqdm(total=n, desc=coords_h5.stem, unit="tile", disable=not progress, leave=False)
@@ -186,6 +196,7 @@ def write_tile_features(
                 start += len(x)
                 bar.update(len(x))
         attrs = {**identity, "source_coords": str(coords_h5.resolve()), "slide_path": tiles.slide_path,
+                 **({"slide_fingerprint": tiles.slide_fingerprint} if tiles.slide_fingerprint else {}),
                  "n_tiles": n, "biossl_version": __version__, **dict(extra_attrs or {})}
         f.attrs.update(attrs)
     logger.info("%s: %d tiles -> %s", coords_h5.stem, n, out)
@@ -250,23 +261,92 @@ class SlideFeatures:
         self._handle = None
 
 
+def _recorded_slide(path: Path) -> tuple[str | None, str | None]:
+    """``(slide_fingerprint, slide_path)`` a features file records (None where it records none)."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError as exc:
+        raise InputError(f"{path} is not a readable tile-features file ({exc}); write it again") from None
+    fingerprint, slide = attrs.get("slide_fingerprint"), attrs.get("slide_path")
+    return (str(fingerprint) if fingerprint else None), (str(slide) if slide else None)
+
+
+def _check_stem_file(path: Path, slide: Path, who: str) -> None:
+    """Refuse a ``<stem>.h5`` features file that records another slide file than ``slide``.
+
+    A file recording a fingerprint must record this slide's. A file recording only a slide path (an
+    older biossl's) must name this slide, or a file with this slide's content. A file recording
+    neither (another tool's) is taken as named.
+    """
+    identity = file_identity(slide)
+    fingerprint, recorded = _recorded_slide(path)
+    redo = "compute this slide's features (`biossl cache-features` on its coordinates) or remove the file"
+    if fingerprint is not None:
+        if fingerprint != identity.fingerprint:
+            raise InputError(f"{who}tile features {path} were computed from another file than slide {slide} "
+                             f"(fingerprint {fingerprint[:10]} recorded, {identity.short} now: another slide of "
+                             f"the same name, or re-scanned); {redo}")
+        return
+    if recorded is None or Path(recorded).resolve() == Path(identity.path):
+        return
+    try:
+        same = file_identity(recorded).fingerprint == identity.fingerprint
+    except OSError:  # the recorded slide is gone (a moved cohort): nothing to compare with
+        logger.info("%s records slide %s, which is gone; taking it as the features of %s", path, recorded, slide)
+        return
+    if not same:
+        raise InputError(f"{who}tile features {path} were computed from slide {recorded}, another file than slide "
+                         f"{slide}; {redo}")
+
+
 def feature_files_for(
-    slides: Iterable[str | os.PathLike[str]], features_dir: str | os.PathLike[str], *, patient: str | None = None
+    slides: Iterable[str | os.PathLike[str]],
+    features_dir: str | os.PathLike[str],
+    *,
+    patient: str | None = None,
+    claimed: dict[Path, tuple[Path, str | None]] | None = None,
 ) -> list[Path]:
-    """Return ``<features_dir>/<slide stem>.h5`` for each slide, checking that every file exists.
+    """Return each slide's features file in ``features_dir``, checking that it is of that slide file.
+
+    A slide's file is ``<key>.h5`` (:func:`biossl.data.tiling.slide_key`: stem and content fingerprint,
+    as ``biossl cache-features`` names it), else ``<stem>.h5`` (the name TRIDENT and CLAM give), which
+    must not record another slide file (:func:`_check_stem_file`).
+
+    Args:
+        slides: The slide files.
+        features_dir: The features folder.
+        patient: The slides' patient, for messages.
+        claimed: ``{features file: (slide, patient)}`` of slides looked up before (filled in here), so
+            that two different slides of a cohort never get one ``<stem>.h5`` file.
 
     Raises:
-        InputError: A slide has no features file (the message names the slide and the patient).
+        InputError: A slide has no features file, its file is of another slide, or two slides of the
+            cohort would read one file (the message names the slides and the patients).
     """
+    from biossl.data.tiling import slide_key
+
     out = []
     who = f"patient {patient}: " if patient is not None else ""
+    claimed = {} if claimed is None else claimed
     for slide in slides:
-        path = Path(features_dir) / f"{Path(slide).stem}.h5"
+        slide = Path(slide)
+        keyed = Path(features_dir) / f"{slide_key(slide)}.h5"
+        path = keyed if keyed.is_file() else Path(features_dir) / f"{slide.stem}.h5"
         if not path.is_file():
             raise InputError(
-                f"{who}no tile features {path} for slide {slide}; run "
+                f"{who}no tile features {keyed} for slide {slide}; run "
                 f"`biossl cache-features <coords dir> --out {features_dir} ...` on its coordinates first"
             )
+        if path != keyed:
+            _check_stem_file(path, slide, who)
+            other = claimed.get(path)
+            if other is not None and file_identity(other[0]).fingerprint != file_identity(slide).fingerprint:
+                by = f" of patient {other[1]}" if other[1] is not None else ""
+                raise InputError(f"{who}slide {slide} and slide {other[0]}{by} are different files that would both "
+                                 f"read tile features {path} (named by the file stem only); rename one slide, or "
+                                 f"cache features with `biossl cache-features`, which names them per slide file")
+            claimed[path] = (slide, patient)
         out.append(path)
     return out
 

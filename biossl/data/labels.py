@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pandas as pd
 
 from biossl.data.keys import PATIENT_ID
@@ -26,6 +27,8 @@ _SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
 _PARQUET = (".parquet", ".pq")
 #: How many offending names an error message lists.
 MAX_NAMED = 10
+#: ``DataFrame.attrs`` key of :func:`read_labels`' output: patient -> its row in the file (header = row 1).
+ROWS = "biossl_rows"
 
 
 def _format_of(path: Path) -> str:
@@ -37,6 +40,45 @@ def _format_of(path: Path) -> str:
     return Path(name).suffix
 
 
+def column_name(name: object) -> str:
+    """A header cell as biossl matches it: text, without a byte-order mark or surrounding whitespace."""
+    return str(name).replace("\ufeff", "").strip()
+
+
+def id_text(value: object) -> object:
+    """An ID cell as text: stripped; a whole number stored as a float (Parquet ``12.0``) as ``"12"``.
+
+    Missing values (``None``, NaN) stay missing. Text is never re-read as a number, so ``"0012"``
+    stays ``"0012"``.
+    """
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return value
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def check_column_names(names: Sequence[object], path: Path, *, what: str,
+                       error: type[InputError] = ManifestError) -> list[str]:
+    """The header's names (:func:`column_name`), refusing names that clash once case, spaces and BOM are folded.
+
+    ``Path`` beside ``path``, ``" site"`` beside ``"site"`` or a name written twice would otherwise be
+    read as one column or as two, depending on the reader.
+
+    Raises:
+        InputError: (``error``) naming the file and the clashing columns as written.
+    """
+    seen: dict[str, list[str]] = {}
+    for raw in names:
+        seen.setdefault(column_name(raw).casefold(), []).append(str(raw))
+    clashes = [spelled for spelled in seen.values() if len(spelled) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(repr(n) for n in spelled) for spelled in clashes[:MAX_NAMED])
+        raise error(f"{what} {path}: columns {listed} are the same column once case and surrounding spaces are "
+                    "ignored; rename or delete the copies so that each name appears once")
+    return [column_name(n) for n in names]
+
+
 def read_table(
     path: str | Path,
     *,
@@ -46,19 +88,22 @@ def read_table(
 ) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet table; ``text_columns`` stay text, others are typed as pandas infers.
 
-    Column names are stripped of surrounding whitespace. Blank lines are dropped but keep their place,
-    so ``index + 2`` is the record's row number as a spreadsheet shows it (header = row 1). Compressed
-    text (``.csv.gz``, ``.csv.zip``, ...) is read transparently.
+    Column names are stripped of surrounding whitespace (and a byte-order mark); names that clash once
+    case is folded (``Path`` beside ``path``) or repeat are an error. Blank lines are dropped but keep
+    their place, so ``index + 2`` is the record's row number as a spreadsheet shows it (header = row 1).
+    Compressed text (``.csv.gz``, ``.csv.zip``, ...) is read transparently.
 
     Args:
         path: The table.
         what: What the table is, for messages (for example ``"manifest"``).
         text_columns: Columns (matched case-insensitively) kept as stripped text, such as IDs; only
-            empty cells are missing values (a patient called ``NA`` stays ``"NA"``).
+            empty cells are missing values (a patient called ``NA`` stays ``"NA"``, ``0012`` stays
+            ``"0012"``). A Parquet number column becomes its text (``12`` -> ``"12"``).
         error: The :class:`InputError` subclass to raise.
 
     Raises:
-        InputError: (``error``) when the file is missing, empty, of an unknown format or unparsable.
+        InputError: (``error``) when the file is missing, empty, of an unknown format or unparsable, or its
+            column names clash.
     """
     path = Path(path)
     text = {c.lower() for c in text_columns}
@@ -68,11 +113,16 @@ def read_table(
     try:
         if fmt in _PARQUET:
             df = pd.read_parquet(path)
+            check_column_names(list(df.columns), path, what=what, error=error)
         elif fmt in _SEPARATORS:
-            header = pd.read_csv(path, sep=_SEPARATORS[fmt], nrows=0).columns
-            as_text = {c: str for c in header if str(c).strip().lower() in text}
+            # The header as written (pandas would rename a repeated name to "name.1").
+            header = pd.read_csv(path, sep=_SEPARATORS[fmt], header=None, nrows=1, dtype=str,
+                                 keep_default_na=False).iloc[0].tolist()
+            names = check_column_names(header, path, what=what, error=error)
+            as_text = {i: str for i, c in enumerate(names) if c.lower() in text}
             df = pd.read_csv(path, sep=_SEPARATORS[fmt], dtype=as_text, keep_default_na=False, na_values=[""],
                              skip_blank_lines=False)
+            df.columns = names
         else:
             raise error(f"{what} {path}: unknown table format {fmt!r}; use .csv, .tsv or .parquet")
     except pd.errors.EmptyDataError as exc:
@@ -82,15 +132,40 @@ def read_table(
             raise
         raise error(f"{what} {path} cannot be read as a {fmt or 'text'} table ({exc}); "
                     "save it as UTF-8 CSV, TSV or Parquet") from exc
-    df.columns = [str(c).strip() for c in df.columns]
-    dup = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    if dup:
-        raise error(f"{what} {path}: column(s) {dup} appear more than once; rename or delete the copies")
+    df.columns = [column_name(c) for c in df.columns]
     df = df.dropna(how="all")
     for col in df.columns:
         if col.lower() in text:
-            df[col] = df[col].map(lambda v: v if pd.isna(v) else str(v).strip())
+            df[col] = df[col].map(id_text).astype(object)
     return df
+
+
+#: ``obs`` column names that anndata reserves for itself when writing ``.h5ad``.
+_RESERVED_OBS = ("_index",)
+
+
+def check_obs_columns(columns: Collection[object], source: str, *, error: type[InputError] = ManifestError) -> None:
+    """Refuse column names that ``.h5ad`` cannot store, before any work: they would fail at the final write.
+
+    ``_index`` (reserved by anndata), an empty name, a name with ``/`` (an HDF5 path separator) or a
+    name that is not text.
+
+    Raises:
+        InputError: (``error``) naming ``source`` (``"labels table x.csv"``) and the column.
+    """
+    for name in columns:
+        why = None
+        if not isinstance(name, str):
+            why = f"is not text ({type(name).__name__})"
+        elif name.strip() in _RESERVED_OBS:
+            why = "is reserved by anndata (.h5ad)"
+        elif not name.strip():
+            why = "is empty"
+        elif "/" in name:
+            why = "holds '/', which .h5ad files cannot store in a column name"
+        if why is not None:
+            raise error(f"{source}: column {name!r} {why}; rename the column (its values become an obs column of "
+                        "the embeddings)")
 
 
 def read_labels(
@@ -141,6 +216,7 @@ def read_labels(
                             f"values, e.g. {names[:MAX_NAMED]} on rows {_rows(dup.index)}; keep one row per "
                             "patient (tables with one row per slide must be deduplicated by patient)")
     out = df.set_index(PATIENT_ID).sort_index()
+    out.attrs[ROWS] = {str(p): int(i) + 2 for p, i in zip(df[PATIENT_ID], df.index)}
     check_survival_columns(out, path)
     if cohort is not None and patients is not None:
         raise ValueError("pass cohort= or patients=, not both")
@@ -160,26 +236,40 @@ def _rows(index: pd.Index) -> str:
 def check_survival_columns(
     df: pd.DataFrame, path: str | Path, *, time: str = "time", event: str = "event", positive: bool = False
 ) -> None:
-    """Check survival columns where present: ``event`` holds 0/1, ``time`` non-negative numbers.
+    """Check survival columns where present: ``event`` holds 0/1, ``time`` finite non-negative numbers.
 
     Empty cells pass (they are missing labels). With ``positive=True`` a time of 0 is also refused.
+    Every wrong cell is named (up to :data:`MAX_NAMED`): its row in the file (when ``df`` comes from
+    :func:`read_labels`), its patient and its value.
 
     Raises:
-        ManifestError: naming the file, the column and the patients at fault.
+        ManifestError: naming the file, the column and the rows at fault.
     """
     if event in df.columns:
-        bad = df.index[~df[event].isin([0, 1, True, False]) & df[event].notna()]
-        if len(bad):
-            raise ManifestError(f"labels table {path}: column {event!r} must be 0 (censored) or 1 (event); "
-                                f"patients {list(bad[:MAX_NAMED])} have other values")
+        values = pd.to_numeric(df[event], errors="coerce")
+        bad = df[event].notna() & ~values.isin([0, 1])
+        if bad.any():
+            raise ManifestError(f"labels table {path}: column {event!r} must be 0 (censored) or 1 (event), or empty "
+                                f"when unknown; {_cells(df, bad, event)}")
     if time in df.columns:
         values = pd.to_numeric(df[time], errors="coerce")
         low = (values <= 0) if positive else (values < 0)
-        bad = df.index[(values.isna() & df[time].notna()) | low]
-        if len(bad):
+        bad = df[time].notna() & (~np.isfinite(values.astype(float)) | low)
+        if bad.any():
             kind = "positive" if positive else "non-negative"
-            raise ManifestError(f"labels table {path}: column {time!r} must be a {kind} number; "
-                                f"patients {list(bad[:MAX_NAMED])} are not (values {list(df.loc[bad[:3], time])})")
+            raise ManifestError(f"labels table {path}: column {time!r} must be a {kind} number, or empty when "
+                                f"unknown; {_cells(df, bad, time)}")
+
+
+def _cells(df: pd.DataFrame, bad: pd.Series, column: str) -> str:
+    """``"2 row(s) are not: row 7 (patient 'P3') 'NaN', ..."``: the wrong cells of ``column``, rows from ``attrs``."""
+    rows: dict[str, int] = df.attrs.get(ROWS, {})
+    named = []
+    for patient, value in df.loc[bad.to_numpy(), column].items():
+        row = rows.get(str(patient))
+        named.append(f"{f'row {row} ' if row is not None else ''}(patient {str(patient)!r}) {value!r}")
+    more = f" and {len(named) - MAX_NAMED} more" if len(named) > MAX_NAMED else ""
+    return f"{len(named)} row(s) are not: " + ", ".join(named[:MAX_NAMED]) + more
 
 
 def _match_known(df: pd.DataFrame, patients: Collection[str], path: Path, *, unknown: str,

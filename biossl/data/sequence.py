@@ -319,21 +319,31 @@ def _read_fasta(path: Path) -> list[SequenceRecord]:
 
 
 def _read_table(path: Path, *, sep: str) -> list[SequenceRecord]:
-    try:
-        df = pd.read_csv(path, sep=sep, dtype={"sequence": str, "id": str, PATIENT_COLUMN: str},
-                         keep_default_na=False)
-    except pd.errors.EmptyDataError as exc:
-        raise SequenceError(f"{path}: empty file") from exc
+    """A CSV/TSV sequence table; ``sequence``, ``id`` and ``patient_id`` are text (``0012`` stays ``"0012"``).
+
+    Column names are matched ignoring case, surrounding spaces and a byte-order mark (a ``Patient_ID``
+    column is the patient column, not a column that makes the table every patient's own).
+    """
+    from biossl.data.labels import read_table
+
+    text = ("sequence", "id", PATIENT_COLUMN)
+    df = read_table(path, what="sequence table", text_columns=text, error=SequenceError)
+    df = df.rename(columns={c: c.lower() for c in df.columns if c.lower() in (*text, "label")})
     if "sequence" not in df.columns:
         raise SequenceError(f"{path}: no 'sequence' column; columns are {list(df.columns)}. A sequence table "
                             f"needs a column 'sequence' (and optionally {PATIENT_COLUMN!r}, 'id', 'label')")
+    for col in text:
+        if col in df.columns:
+            df[col] = df[col].map(lambda v: "" if pd.isna(v) else str(v))
+    lines = [int(i) + 2 for i in df.index]
+    df = df.reset_index(drop=True)
     ids = df["id"].astype(str).tolist() if "id" in df.columns else [str(i) for i in range(len(df))]
     patients: list[str | None] = [None] * len(df)
     if PATIENT_COLUMN in df.columns:
         patients = [p.strip() for p in df[PATIENT_COLUMN].astype(str)]
         empty = [i for i, p in enumerate(patients) if not p]
         if empty:
-            raise SequenceError(f"{path}: line {empty[0] + 2}: empty {PATIENT_COLUMN!r} ({len(empty)} row(s) in "
+            raise SequenceError(f"{path}: line {lines[empty[0]]}: empty {PATIENT_COLUMN!r} ({len(empty)} row(s) in "
                                 "all); give every row its patient or drop the column")
     labels: list[int | str | None] = [None] * len(df)
     if "label" in df.columns:
@@ -346,6 +356,6 @@ def _read_table(path: Path, *, sep: str) -> list[SequenceRecord]:
     records = []
     for row, (rid, seq, label, patient) in enumerate(zip(ids, df["sequence"].astype(str), labels, patients)):
         seq = seq.strip()
-        encode(seq, source=path, record=rid, line=row + 2)
+        encode(seq, source=path, record=rid, line=lines[row])
         records.append(SequenceRecord(rid, seq.upper(), label, patient))
     return records

@@ -1,7 +1,9 @@
 """Lazy tile reading for training: one tile at a time, straight from the slide file.
 
 Open OpenSlide handles live in a per-process LRU cache keyed by :func:`os.getpid`, so each
-DataLoader worker opens its own handles after fork instead of sharing the parent's. Nothing here
+DataLoader worker opens its own handles after fork instead of sharing the parent's; within a process
+they are keyed by path and the file's content fingerprint, so a slide replaced at the same path (a
+re-scan) is opened anew instead of being read through the old file's parsed layout. Nothing here
 reads more of a slide than the requested tile.
 
 Fast path: tiles are read with ``openslide_read_region`` straight into a numpy buffer of premultiplied
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import logging
 import os
 import sys
 from collections import OrderedDict
@@ -30,12 +33,15 @@ from openslide import lowlevel
 from PIL import Image
 from torch.utils.data import Dataset
 
+from biossl.data.identity import file_identity
 from biossl.data.wsi import rgba_to_rgb
 from biossl.errors import SlideError
 
+logger = logging.getLogger(__name__)
+
 #: Open handles kept per process.
 MAX_OPEN_SLIDES = 64
-_HANDLES: dict[int, OrderedDict[str, openslide.OpenSlide]] = {}
+_HANDLES: dict[int, OrderedDict[str, openslide.OpenSlide]] = {}  # pid -> "path\0version" -> handle
 
 # openslide-python's ctypes binding of openslide_read_region (private; absent -> the PIL path is used).
 _READ_INTO = getattr(lowlevel, "_read_region", None)
@@ -45,22 +51,28 @@ _RGB, _ALPHA = ((2, 1, 0), 3) if sys.byteorder == "little" else ((1, 2, 3), 0)
 _OPAQUE = np.uint32(0xFF000000)
 
 
-def cached_handle(path: str) -> openslide.OpenSlide:
-    """Return an open handle to ``path`` from this process's LRU cache, opening it if needed."""
+def cached_handle(path: str, version: str = "") -> openslide.OpenSlide:
+    """Return an open handle to ``path`` from this process's LRU cache, opening it if needed.
+
+    Args:
+        path: The slide file.
+        version: What identifies the file's content (its fingerprint): another value opens the path again.
+    """
     pid = os.getpid()
     cache = _HANDLES.get(pid)
     if cache is None:
         _HANDLES.clear()  # handles inherited through fork belong to the parent: drop, never close
         cache = _HANDLES[pid] = OrderedDict()
-    handle = cache.get(path)
+    key = f"{path}\0{version}"
+    handle = cache.get(key)
     if handle is not None:
-        cache.move_to_end(path)
+        cache.move_to_end(key)
         return handle
     try:
         handle = openslide.OpenSlide(path)
     except (openslide.OpenSlideError, OSError) as exc:
         raise SlideError(f"slide {path} cannot be opened for tile reading ({exc}); check the file") from None
-    cache[path] = handle
+    cache[key] = handle
     while len(cache) > MAX_OPEN_SLIDES:
         _, oldest = cache.popitem(last=False)
         oldest.close()
@@ -124,12 +136,18 @@ def read_rgb(
 class SlideTiles:
     """The tiles of one slide listed in a coordinates file written by :func:`biossl.data.tiling.tile_slide`.
 
+    The slide read is ``slide_path`` when given (a cohort's reader always passes its manifest's path),
+    else the path stored in the file; either way its content fingerprint must be the one the file
+    records (:mod:`biossl.data.identity`), so tiles are never read from another file than the one tiled
+    (a slide of the same name elsewhere, or one re-scanned in place).
+
     Args:
-        h5_path: The ``<slide_stem>.h5`` file.
-        slide_path: The slide, if it moved since tiling (default: the path stored in the file).
+        h5_path: The coordinates file (``<stem>.<fingerprint>.h5``).
+        slide_path: The slide to read (default: the path stored in the file).
 
     Raises:
-        SlideError: The coordinates file is unreadable or the slide is missing.
+        SlideError: The coordinates file is unreadable, the slide is missing, or the slide is not the
+            file that was tiled.
     """
 
     def __init__(self, h5_path: str | os.PathLike[str], *, slide_path: str | os.PathLike[str] | None = None) -> None:
@@ -151,6 +169,31 @@ class SlideTiles:
             raise SlideError(
                 f"slide {self.slide_path} listed in {self.h5_path} is missing; move it back or pass slide_path="
             )
+        #: The slide fingerprint the file records (None in files of older biossl versions).
+        self.slide_fingerprint: str | None = str(attrs["slide_fingerprint"]) if "slide_fingerprint" in attrs else None
+        self._check_slide(stored, given=slide_path is not None)
+        stat = os.stat(self.slide_path)  # the file read from here on (fingerprint checked above, when recorded)
+        self._version = self.slide_fingerprint or f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+    def _check_slide(self, stored: str, *, given: bool) -> None:
+        """Refuse to read tiles from a file other than the one tiled (see the class docstring)."""
+        redo = f"tile it again (delete {self.h5_path}, or `biossl tile --overwrite`)"
+        if self.slide_fingerprint is None:  # an older biossl's file: only the path can be compared
+            if given and Path(self.slide_path).resolve() != Path(stored).resolve():
+                raise SlideError(f"{self.h5_path} was made from slide {stored} and records no fingerprint to show "
+                                 f"that {self.slide_path} is the same file; {redo}")
+            logger.warning("%s records no slide fingerprint (an older biossl's file): cannot check that %s is the "
+                           "slide that was tiled; tile it again to be sure", self.h5_path, self.slide_path)
+            return
+        try:
+            actual = file_identity(self.slide_path)
+        except OSError as exc:
+            raise SlideError(f"slide {self.slide_path} cannot be read ({exc}); check the file") from None
+        if actual.fingerprint != self.slide_fingerprint:
+            raise SlideError(f"{self.h5_path} lists the tiles of another file than slide {self.slide_path}: it was "
+                             f"made from {stored} (fingerprint {self.slide_fingerprint[:10]}), and this slide's "
+                             f"content has fingerprint {actual.short} (re-scanned, replaced, or another slide of "
+                             f"the same name); {redo}")
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -166,7 +209,7 @@ class SlideTiles:
             SlideError: The tile cannot be decoded (names the slide, tile and coordinates).
         """
         x, y = (int(v) for v in self.coords[i])
-        handle = cached_handle(self.slide_path)
+        handle = cached_handle(self.slide_path, self._version)
         resize = self.read_size != self.tile_size
         size = (self.read_size, self.read_size)
         try:

@@ -1,10 +1,11 @@
 """Cache of preprocessed volumes, so a scan is decompressed and resampled at most once per epoch.
 
-Entries are keyed by the scan's absolute path, its modification time and size (for a DICOM folder:
-the newest time and total size of its files) and :meth:`VolumeSpec.digest`, so editing a file or
-changing an option never serves a stale array. Arrays live in an in-memory LRU and, when
-``cache_dir`` is set, as ``<key>.npy`` files written atomically, which DataLoader workers and later
-epochs or runs share.
+Entries are keyed by the scan's absolute path, its modification time, size and content fingerprint
+(:func:`biossl.data.identity.file_fingerprint`; for a DICOM folder: the name, size and modification
+time of each of its files) and :meth:`VolumeSpec.digest`, so editing or replacing a file (also by a
+copy that keeps the old time, or one of the same size) or changing an option never serves a stale
+array. Arrays live in an in-memory LRU and, when ``cache_dir`` is set, as ``<key>.npy`` files written
+atomically, which DataLoader workers and later epochs or runs share.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biossl.data.identity import file_fingerprint
 from biossl.data.volume import VolumeSpec, load_volume
 from biossl.io import atomic_path
 
@@ -26,14 +28,13 @@ logger = logging.getLogger(__name__)
 Loader = Callable[[Path, VolumeSpec], np.ndarray]
 
 
-def _fingerprint(path: Path) -> tuple[int, int]:
-    """(newest mtime in ns, total size in bytes) of a file, or of the files directly in a folder."""
+def _fingerprint(path: Path) -> str:
+    """What identifies a scan's content: a file's mtime, size and content fingerprint; each file of a folder's."""
     if not path.is_dir():
         stat = path.stat()
-        return stat.st_mtime_ns, stat.st_size
-    stats = [p.stat() for p in path.iterdir() if p.is_file()]
-    newest = max([path.stat().st_mtime_ns, *(s.st_mtime_ns for s in stats)])
-    return newest, sum(s.st_size for s in stats)
+        return f"{stat.st_mtime_ns}\0{stat.st_size}\0{file_fingerprint(path)}"
+    files = sorted((p.name, p.stat()) for p in path.iterdir() if p.is_file())
+    return "\n".join(f"{name}\0{s.st_mtime_ns}\0{s.st_size}" for name, s in files) + f"\n{path.stat().st_mtime_ns}"
 
 
 class VolumeCache:
@@ -68,8 +69,7 @@ class VolumeCache:
     def key(self, path: str | os.PathLike[str], spec: VolumeSpec) -> str:
         """The cache key of ``path`` preprocessed with ``spec``."""
         absolute = Path(path).resolve()
-        mtime, size = _fingerprint(absolute)
-        text = f"{absolute}\0{mtime}\0{size}\0{spec.digest()}"
+        text = f"{absolute}\0{_fingerprint(absolute)}\0{spec.digest()}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _remember(self, key: str, array: np.ndarray) -> None:

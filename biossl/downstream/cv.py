@@ -13,6 +13,13 @@ and the mean and sd run over the other folds (``n_folds`` says how many). The sd
 (ddof 1). Folds made here for survival are stratified by event, so each holds events when there are
 at least as many events as folds (fewer is an error).
 
+Survival folds are scored with Harrell's c-index (``c_index``, the headline), Uno's IPCW c-index
+(``uno_c``) and, for methods that give survival curves (``last_survival``: the probe's and the
+all-features heads, the PCA Cox baseline), the integrated Brier score (``integrated_brier``, lower is
+better); both censoring-robust metrics estimate the censoring distribution on the fold's training
+patients (:mod:`biossl.downstream.metrics`). A method whose inner CV chose a penalty at an end of its
+grid is flagged per fold (``fit.l2_at_edge``) and logged as a warning.
+
 **Label fractions** (:func:`subsample_training`, :func:`label_efficiency`). Within each training fold
 of ``n`` labelled patients, a fraction ``f`` keeps ``round(f * n)`` of them (halves round up; ``f = 1``
 keeps all), stratified: by class for subtype, by event/censored for survival. Each stratum ``s`` first
@@ -42,6 +49,7 @@ from biossl.data.keys import PATIENT_ID
 from biossl.data.labels import MAX_NAMED
 from biossl.data.splits import FOLD, TRAIN_ONLY, make_splits
 from biossl.downstream.methods import Method
+from biossl.downstream.metrics import integrated_brier_score, survival_horizon, uno_c_index
 from biossl.downstream.tasks import Task
 from biossl.errors import InputError
 
@@ -161,6 +169,59 @@ def _check_group_preserving(splits: pd.DataFrame, groups: Mapping[str, str], gro
         raise InputError(f"{len(shared)} {group_name} value(s) have patients in more than one fold of {where}, so they "
                          f"are in the training and the test patients of a fold: {named}; use {group_name}-preserving "
                          f"splits, or drop --splits and let --group-by make them")
+
+
+#: Survival metrics scored here beside the task's own (Harrell's c-index).
+ROBUST_SURVIVAL_METRICS = ("uno_c", "integrated_brier")
+NO_CURVES = "the method gives no survival curves: integrated Brier score not computed"
+
+
+def metric_names(task: Task) -> tuple[str, ...]:
+    """Every metric a fold of ``task`` is scored with, the headline first."""
+    return (*task.metric_names, *ROBUST_SURVIVAL_METRICS) if task.kind == "survival" else task.metric_names
+
+
+def fold_scores(task: Task, train: np.ndarray, test: np.ndarray, prediction: np.ndarray,
+                survival: Any = None) -> tuple[dict[str, float], dict[str, str]]:
+    """``(metric -> value, metric -> why it is undefined)`` of one fold's prediction (:func:`metric_names`).
+
+    ``survival`` are the test patients' survival curves (``times -> [n_test, T]``), if the method gives them.
+    """
+    scores = task.score(test, prediction)
+    if task.kind != "survival":
+        return scores, {m: _why_undefined(task, test, m) for m, v in scores.items() if math.isnan(v)}
+    assert task.time is not None and task.event is not None
+    t_train, e_train, t, e = task.time[train], task.event[train], task.time[test], task.event[test]
+    scores["uno_c"] = uno_c_index(t_train, e_train, t, prediction, e)
+    scores["integrated_brier"] = (integrated_brier_score(t_train, e_train, t, e, survival) if survival is not None
+                                  else math.nan)
+    why = {m: _why_undefined(task, test, m) for m, v in scores.items() if math.isnan(v)}
+    if survival is None:
+        why["integrated_brier"] = NO_CURVES
+    if "uno_c" in why:
+        why["uno_c"] = (f"no comparable pair with its earlier time before the horizon "
+                        f"{survival_horizon(t_train):.4g} (80th percentile of training follow-up): Uno's c undefined")
+    if "integrated_brier" in why and survival is not None:
+        why["integrated_brier"] = ("fewer than 2 times of the Brier grid fall inside the test fold's follow-up: "
+                                   "integrated Brier score undefined")
+    return scores, why
+
+
+def _edge_warning(method: Method, fold: int, fit: Mapping[str, Any]) -> None:
+    """Warn when the inner CV chose a penalty at an end of the grid (``fit["l2_at_edge"]``)."""
+    grid = [float(v) for v in fit.get("inner_cv", {})]
+    if not fit.get("l2_at_edge") or len(grid) < 2:
+        return
+    l2 = float(fit["l2"])
+    end = "smallest" if l2 == min(grid) else "largest"
+    scores = list(fit["inner_cv"].values())
+    at = scores[0] if end == "smallest" else scores[-1]
+    nxt = scores[1] if end == "smallest" else scores[-2]
+    flat = " (its inner-CV score equals the next value's: flat there)" if at == nxt else ""
+    option = getattr(method, "l2_option", "the L2 grid")
+    logger.warning("%s, fold %d: the inner CV chose L2 %g, the %s of the grid %g ... %g%s; the best penalty may lie "
+                   "beyond it: give a wider grid with %s L,L,...", method.name, fold, l2, end, min(grid), max(grid),
+                   flat, option)
 
 
 def summarise(values: Sequence[float | None]) -> dict[str, Any]:
@@ -310,22 +371,25 @@ def cross_validate(task: Task, methods: Sequence[Method], splits: pd.DataFrame, 
         for method in methods:
             pool = [p for p in [*unlabelled, *dropped] if p in inputs[method.name]]
             prediction = method.fit_predict(task, train, test, seed=seed, unlabelled=pool)
-            scores = task.score(test, prediction)
+            scores, why = fold_scores(task, train, test, prediction, getattr(method, "last_survival", None))
             row: dict[str, Any] = {"fold": int(k), "n_train": len(train_all), "n_train_labelled": len(train),
                                    "n_test": len(test)}
             row.update({name: None if math.isnan(v) else v for name, v in scores.items()})
             fit = getattr(method, "last_fit", None)
             if fit:
                 row["fit"] = dict(fit)
-            notes = [_why_undefined(task, test, name) for name, v in scores.items() if math.isnan(v)]
-            if notes:
-                row["note"] = "; ".join(notes)
-                logger.warning("fold %d, %s: %s; left out of that metric's mean", k, method.name, row["note"])
+                _edge_warning(method, k, fit)
+            if why:
+                row["note"] = "; ".join(why.values())
+                undefined = [v for v in why.values() if v != NO_CURVES]
+                if undefined:
+                    logger.warning("fold %d, %s: %s; left out of that metric's mean", k, method.name,
+                                   "; ".join(undefined))
             results[method.name]["folds"].append(row)
             logger.info("fold %d %-16s %s", k, method.name,
                         "  ".join(f"{n} {v:.3f}" for n, v in scores.items() if not math.isnan(v)))
     for result in results.values():
-        result["summary"] = {name: summarise([f[name] for f in result["folds"]]) for name in task.metric_names}
+        result["summary"] = {name: summarise([f[name] for f in result["folds"]]) for name in metric_names(task)}
     return results
 
 
@@ -355,10 +419,10 @@ def label_efficiency(task: Task, methods: Sequence[Method], splits: pd.DataFrame
         by_fraction: dict[str, Any] = {}
         for fraction in fractions:
             rows = [{"seed": s, **{k: v for k, v in f.items() if k not in ("n_train", "n_test", "fit")},
-                     **({"pseudo_label": f["fit"]["pseudo_label"]} if "pseudo_label" in f.get("fit", {}) else {})}
+                     **{key: f["fit"][key] for key in ("pseudo_label", "l2", "l2_at_edge") if key in f.get("fit", {})}}
                     for s in seeds for f in runs[(fraction, s)][method.name]["folds"]]
             summary = {}
-            for metric in task.metric_names:
+            for metric in metric_names(task):
                 stats = summarise([r[metric] for r in rows])
                 summary[metric] = {"mean": stats["mean"], "sd": stats["sd"], "n": stats["n_folds"]}
             by_fraction[_fraction_text(fraction)] = {
@@ -398,6 +462,6 @@ def summary_table(results: Mapping[str, Mapping[str, Any]], metric_names: Sequen
     return pd.DataFrame(rows)
 
 
-__all__ = ["FRACTION_RULE", "check_fraction", "check_fractions", "common_patients", "cross_validate", "fold_indices",
-           "folds_for", "label_efficiency", "label_efficiency_table", "subsample_training", "summarise",
-           "summary_table"]
+__all__ = ["FRACTION_RULE", "ROBUST_SURVIVAL_METRICS", "check_fraction", "check_fractions", "common_patients",
+           "cross_validate", "fold_indices", "fold_scores", "folds_for", "label_efficiency", "label_efficiency_table",
+           "metric_names", "subsample_training", "summarise", "summary_table"]

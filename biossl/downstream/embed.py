@@ -42,10 +42,10 @@ from torch.utils.data import DataLoader
 from biossl import __version__
 from biossl.data import keys
 from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, batch_to, collate_bags
-from biossl.data.cohort import Cohort
-from biossl.data.labels import MAX_NAMED, read_labels
+from biossl.data.cohort import Cohort, read_manifest
+from biossl.data.labels import MAX_NAMED, check_obs_columns, read_labels
 from biossl.errors import InputError
-from biossl.io import atomic_path
+from biossl.io import write_h5ad_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,38 @@ def _pretrain_data_config(state: dict[str, Any]) -> dict[str, Any]:
 
 
 
+def default_work_dir(state: dict[str, Any], manifest: Path, *, skip_bad: bool = False) -> Path:
+    """The work folder of a run on ``manifest`` without ``--work-dir`` (logged, with the reason).
+
+    The checkpoint's ``data.work_dir`` only for the cohort it was pretrained on: the same manifest
+    file (resolved path) and the same cohort (:meth:`Cohort.fingerprint`, which covers the table and
+    every file's size and time, equal to the checkpoint's ``data_fingerprint``). Any other cohort gets
+    ``biossl_work`` in the current folder (``biossl_work_<manifest stem>`` if that is the checkpoint's),
+    so a new cohort never writes into, or reads from, the pretraining run's folder unless asked.
+    """
+    data_cfg = _pretrain_data_config(state)
+    theirs = Path(str(data_cfg.get("work_dir") or "biossl_work"))
+    trained_on = data_cfg.get("manifest")
+    reason = "the checkpoint records no manifest"
+    if trained_on and Path(str(trained_on)).resolve() != manifest.resolve():
+        reason = f"the checkpoint was pretrained on another manifest ({trained_on})"
+    elif trained_on:
+        try:
+            same = Cohort.from_manifest(manifest, skip_bad=skip_bad).fingerprint() == state.get("data_fingerprint")
+        except InputError:
+            same = False
+        if same:
+            logger.info("work folder %s: the checkpoint's (manifest %s is the cohort it was pretrained on)",
+                        theirs, manifest)
+            return theirs
+        reason = f"manifest {manifest} or its files changed since pretraining (another data fingerprint)"
+    work = Path("biossl_work")
+    if work.resolve() == theirs.resolve():
+        work = Path(f"biossl_work_{manifest.stem}")
+    logger.info("work folder %s (not the checkpoint's %s: %s); pass --work-dir to choose one", work, theirs, reason)
+    return work
+
+
 def _as_text(values: pd.Series) -> list[str]:
     return ["" if pd.isna(v) else str(v) for v in values]
 
@@ -114,7 +146,8 @@ def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str 
         module: A :class:`~biossl.modules.pretrain.PretrainModule` loaded from ``checkpoint``.
         checkpoint: Its file, for messages.
         manifest: The cohort manifest.
-        work_dir: Tile coordinates and scan cache; default: the pretraining run's, else ``biossl_work``.
+        work_dir: Tile coordinates and scan cache; default: :func:`default_work_dir` (the pretraining run's
+            only for the cohort it was pretrained on).
         features_dir: Cached tile features (feature-cache checkpoints).
         skip_bad: Skip unreadable manifest rows with a warning.
         batch_size: Patients per batch of the data module.
@@ -142,12 +175,12 @@ def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str 
     if keys.EXPRESSION in modalities and not state.get("vocabulary"):
         raise InputError(f"checkpoint {checkpoint} has an expression encoder but no gene vocabulary; "
                          "re-run pretraining with this biossl version")
-    work = Path(work_dir or data_cfg.get("work_dir") or "biossl_work")
+    work = Path(work_dir) if work_dir else default_work_dir(state, manifest, skip_bad=skip_bad)
     dm = BagDataModule(
         manifest, work_dir=work, spec=spec, batch_size=batch_size, num_workers=num_workers, seed=seed,
         mpp=float(data_cfg.get("mpp") or 0.5), tile_size=int(data_cfg.get("tile_size") or 256),
         min_tissue=float(data_cfg.get("min_tissue") or 0.5), slide_mpp=data_cfg.get("slide_mpp"), skip_bad=skip_bad,
-        features_dir=features_dir,
+        override_slide_mpp=data_cfg.get("override_slide_mpp"), features_dir=features_dir,
     )
     if state.get("vocabulary"):
         dm.vocabulary = GeneVocabulary(state["vocabulary"])
@@ -200,7 +233,8 @@ def embed_cohort(
         checkpoint: ``.ckpt`` written by ``biossl pretrain`` (loaded safely, weights only).
         manifest: The cohort manifest (CSV/TSV/Parquet).
         work_dir: Folder for tile coordinates (slides are tiled once, as pretraining does) and cached
-            scans; default: the pretraining run's ``data.work_dir``, else ``biossl_work``.
+            scans; default: :func:`default_work_dir` (the pretraining run's ``data.work_dir`` only for the
+            cohort it was pretrained on, else ``biossl_work``).
         labels: Optional per-patient labels table whose columns are added to ``obs``.
         id_column: Patient column of the labels table.
         unknown_labels: Labelled patients absent from the cohort: ``"error"`` or ``"drop"`` (warning).
@@ -215,6 +249,8 @@ def embed_cohort(
         InputError: an unreadable or foreign checkpoint, a bad manifest or labels table, a checkpoint
             lacking what the data needs (bag spec, vocabulary), or no patient with an embeddable modality.
     """
+    if labels is not None:  # a label that .h5ad cannot store must fail before the embeddings, not after them
+        check_obs_columns(read_labels(labels, id_column=id_column).columns, f"labels table {labels}")
     loaded = load_cohort(checkpoint, manifest, work_dir=work_dir, features_dir=features_dir, skip_bad=skip_bad,
                          batch_size=batch_size, num_workers=num_workers, seed=seed)
     return embed_loaded(loaded, labels=labels, id_column=id_column, unknown_labels=unknown_labels,
@@ -249,6 +285,8 @@ def load_cohort(checkpoint: str | Path, manifest: str | Path, *, work_dir: str |
 
     checkpoint, manifest = Path(checkpoint), Path(manifest)
     module = PretrainModule.from_checkpoint(checkpoint)
+    metadata = [c for c in read_manifest(manifest).columns if c not in (*keys.REQUIRED_COLUMNS, "manifest_row")]
+    check_obs_columns(metadata, f"manifest {manifest}")  # they become obs columns: fail before the work
     dataset, cohort, modalities, spec = open_cohort(module, checkpoint, manifest, work_dir=work_dir,
                                                     features_dir=features_dir, skip_bad=skip_bad,
                                                     batch_size=batch_size, num_workers=num_workers, seed=seed)
@@ -299,6 +337,7 @@ def embed_loaded(
     if labels is not None:
         table = read_labels(labels, patients=kept, patients_from=f"the cohort {manifest}", unknown=unknown_labels,
                             id_column=id_column)
+        check_obs_columns(table.columns, f"labels table {labels}")
         for col in table.columns:
             if col in obs.columns:
                 if _as_text(obs[col]) != _as_text(table[col].reindex(kept)):
@@ -405,9 +444,12 @@ def embed_views(module: Any, dataset: PatientBagDataset,
 
 
 def write_embeddings(adata: ad.AnnData, path: str | Path) -> None:
-    """Write ``adata`` as ``.h5ad`` atomically (a failed write leaves no file under ``path``)."""
-    with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
+    """Write ``adata`` as ``.h5ad`` atomically (a failed write leaves no file under ``path``).
+
+    Raises:
+        OutputError: the disk is full or the folder not writable (one line, exit code 74).
+    """
+    write_h5ad_atomic(adata, path)  # built in memory: HDF5 never meets a full disk (it can crash there)
 
 
 def read_embeddings(path: str | Path) -> ad.AnnData:
@@ -425,5 +467,6 @@ def read_embeddings(path: str | Path) -> ad.AnnData:
         raise InputError(f"{path} is not a readable .h5ad file ({exc}); write it with `biossl embed`") from exc
 
 
-__all__ = ["FUSED", "BatchTransform", "LoadedCohort", "bag_spec_of", "embed_cohort", "embed_dataset", "embed_loaded",
-           "embed_views", "load_cohort", "obsm_key", "open_cohort", "read_embeddings", "write_embeddings"]
+__all__ = ["FUSED", "BatchTransform", "LoadedCohort", "bag_spec_of", "default_work_dir", "embed_cohort",
+           "embed_dataset", "embed_loaded", "embed_views", "load_cohort", "obsm_key", "open_cohort", "read_embeddings",
+           "write_embeddings"]

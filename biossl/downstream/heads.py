@@ -11,6 +11,10 @@ A head is linear (``hidden=None``) or a one-hidden-layer MLP. Every head takes f
 and a target mapping (``{"y"}`` for subtypes, ``{"time", "event"}`` for survival) and exposes
 ``loss(out, target)`` and ``predict(out)`` (class probabilities ``[N, C]`` or risk ``[N]``, higher =
 earlier event), so a training loop never needs to know which head it drives.
+
+Survival curves (for the integrated Brier score): :meth:`DiscreteTimeHead.survival` from the hazards
+of the bins, and :func:`breslow_survival` for a Cox risk score, with Breslow's baseline hazard
+estimated on the training patients.
 """
 
 from __future__ import annotations
@@ -227,6 +231,40 @@ class DiscreteTimeHead(Head):
         survival = torch.cumprod(torch.sigmoid(-out.detach()), dim=1)
         return (-survival.sum(dim=1)).cpu().double().numpy()
 
+    def survival(self, out: torch.Tensor, times: np.ndarray) -> np.ndarray:
+        """Probability ``[N, T]`` of being event-free beyond each of ``times``: the bins completed by then survived.
 
-__all__ = ["CoxHead", "DiscreteTimeHead", "Head", "SubtypeHead", "Target", "cox_ph_loss", "discrete_time_nll",
-           "survival_bin_edges", "to_bins"]
+        A time in bin ``k`` gets ``S_{k-1} = prod_{j < k} (1 - h_j)`` (1 in the first bin): within a bin
+        the model does not say when the event falls, and it is counted at the bin's end.
+        """
+        survive_bin = torch.sigmoid(-out.detach()).cpu().double().numpy()
+        before = np.concatenate([np.ones((len(survive_bin), 1)), np.cumprod(survive_bin, axis=1)], axis=1)
+        return before[:, to_bins(times, self.edges.cpu().numpy()).numpy()]
+
+
+def breslow_survival(train_risk: np.ndarray, train_time: np.ndarray, train_event: np.ndarray, risk: np.ndarray,
+                     times: np.ndarray) -> np.ndarray:
+    """Cox survival curves ``S(t | x) = exp(-H0(t) exp(risk(x)))`` with Breslow's baseline ``H0`` from training.
+
+    ``H0(t) = sum over event times s <= t of d(s) / sum_{j: t_j >= s} exp(risk_j)`` (``d(s)`` events at
+    ``s``), on the training patients' risk scores, times and events.
+
+    Returns:
+        ``[len(risk), len(times)]`` survival probabilities.
+    """
+    r = np.asarray(train_risk, dtype=np.float64)
+    t = np.asarray(train_time, dtype=np.float64)
+    e = np.asarray(train_event, dtype=np.float64)
+    shift = float(r.max()) if len(r) else 0.0  # exp of risks relative to the largest: no overflow
+    w = np.exp(r - shift)
+    event_times = np.unique(t[e > 0])
+    at_risk = np.array([w[t >= s].sum() for s in event_times])
+    deaths = np.array([e[t == s].sum() for s in event_times])
+    cumulative = np.concatenate([[0.0], np.cumsum(deaths / at_risk)])
+    h0 = cumulative[np.searchsorted(event_times, np.asarray(times, dtype=np.float64), side="right")]
+    relative = np.exp(np.asarray(risk, dtype=np.float64) - shift)
+    return np.exp(-np.outer(relative, h0))
+
+
+__all__ = ["CoxHead", "DiscreteTimeHead", "Head", "SubtypeHead", "Target", "breslow_survival", "cox_ph_loss",
+           "discrete_time_nll", "survival_bin_edges", "to_bins"]

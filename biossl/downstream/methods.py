@@ -7,6 +7,16 @@ Built here:
   L-BFGS and an L2 penalty -- a convex problem for linear heads, so the fit is deterministic.
 * :class:`PCABaseline`: standardise, PCA, then logistic regression (subtype) or a lifelines Cox model
   (survival) on raw features such as an expression table.
+* :class:`AllFeaturesLinear`: the probe's own L2 head -- logistic regression (subtype) or Cox
+  (survival) -- on *all* the standardised raw features, its penalty chosen by the inner CV of
+  ``--l2 auto`` on each training fold: the strong simple baseline.
+
+**Wide tables** (more features than training patients, linear heads): the head is fitted on the
+training patients' coordinates in the row space of their standardised features, ``Z = X V`` with
+``V`` the right singular vectors of ``X`` (from the eigenvectors of ``X X^T``: ``n x n``, whatever the
+number of features). The penalised fit depends on ``W`` only through ``X W`` and ``||W||``, and its
+optimum lies in that row space, so fitting ``Z`` with the same penalty gives the same predictions as
+fitting ``X`` -- on ``n`` columns instead of ``p`` (measured in ``benchmarks/RESULTS.md``).
 
 Elsewhere: fine-tuning the encoders end to end and the same architecture from scratch
 (:class:`biossl.downstream.finetuning.EncoderFinetune`), and the DNA k-mer baseline
@@ -34,7 +44,7 @@ import pandas as pd
 import torch
 
 from biossl.downstream.finetune_settings import SurvivalLoss
-from biossl.downstream.heads import CoxHead, DiscreteTimeHead, Head, SubtypeHead, survival_bin_edges
+from biossl.downstream.heads import CoxHead, DiscreteTimeHead, Head, SubtypeHead, breslow_survival, survival_bin_edges
 from biossl.downstream.tasks import Task
 from biossl.errors import InputError
 
@@ -67,7 +77,9 @@ class Method(Protocol):
         ``unlabelled`` are patient IDs without a label for this fit (never test patients): semi-supervised
         methods train on them, the others ignore them. Predictions are class probabilities
         ``[n_test, C]`` in ``task.classes`` order (subtype) or risk scores ``[n_test]``, higher = earlier
-        event (survival). A method may leave what it wants reported about the fit in ``last_fit``.
+        event (survival). A method may leave what it wants reported about the fit in ``last_fit``, and,
+        for survival, the test patients' survival curves in ``last_survival`` (``times [T] -> [n_test, T]``,
+        for the integrated Brier score).
         """
         ...
 
@@ -145,19 +157,21 @@ def make_head(task: Task, train: np.ndarray, dim: int, *, hidden: int | None = N
 
 
 def fit_head(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l2: float,
-             max_iter: int = 500, extra: Callable[[], torch.Tensor] | None = None) -> float:
+             max_iter: int = 500, extra: Callable[[], torch.Tensor] | None = None,
+             info: dict[str, Any] | None = None) -> float:
     """Fit a head full-batch with L-BFGS (strong-Wolfe line search) on ``loss + l2/2 * ||W||^2 (+ extra())``.
 
     Biases are not penalised. ``extra`` adds a term computed from the head (a pseudo-label loss on
-    unlabelled rows). Returns the final objective. Small problems run on one thread
+    unlabelled rows). Returns the final objective; ``info``, if given, receives ``iterations`` and
+    ``converged`` (stopped by its tolerances before ``max_iter``). Small problems run on one thread
     (:func:`one_thread_if_small`).
     """
     with one_thread_if_small(x.numel()):
-        return _lbfgs(head, x, target, l2=l2, max_iter=max_iter, extra=extra)
+        return _lbfgs(head, x, target, l2=l2, max_iter=max_iter, extra=extra, info=info)
 
 
 def _lbfgs(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l2: float, max_iter: int,
-           extra: Callable[[], torch.Tensor] | None = None) -> float:
+           extra: Callable[[], torch.Tensor] | None = None, info: dict[str, Any] | None = None) -> float:
     head.train()
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, tolerance_grad=1e-7,
                             tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
@@ -173,6 +187,9 @@ def _lbfgs(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l
         return loss
 
     opt.step(objective)
+    if info is not None:
+        iterations = int(opt.state[next(iter(head.parameters()))].get("n_iter", 0))
+        info.update(iterations=iterations, converged=iterations < max_iter)
     head.eval()
     with torch.no_grad():
         return float(value())
@@ -180,8 +197,25 @@ def _lbfgs(head: Head, x: torch.Tensor, target: Mapping[str, torch.Tensor], *, l
 
 #: Inner folds that choose the probe's L2 penalty from a grid (``--l2 auto``).
 INNER_FOLDS = 3
-#: The grid of ``--l2 auto``.
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+#: The grid of ``--l2 auto``: one penalty per decade, 1e-6 ... 1e3.
+L2_GRID = tuple(float(f"1e{k}") for k in range(-6, 4))
+#: Relative eigenvalue of ``X X^T`` below which a direction counts as outside the row space (see the module doc).
+ROW_SPACE_RTOL = 1e-10
+
+SurvivalCurves = Callable[[np.ndarray], np.ndarray]
+
+
+def row_space(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x_train V, x_test V)``, ``V`` an orthonormal basis of the row space of ``x_train`` (see the module doc).
+
+    ``V = X^T U / s`` from the eigendecomposition ``X X^T = U diag(s^2) U^T``, keeping eigenvalues above
+    :data:`ROW_SPACE_RTOL` times the largest: ``O(n^2 p)`` for ``n`` rows and ``p`` columns.
+    """
+    gram = x_train @ x_train.T
+    eigenvalues, u = np.linalg.eigh(gram)
+    keep = eigenvalues > ROW_SPACE_RTOL * max(float(eigenvalues.max()), np.finfo(np.float64).tiny)
+    basis = x_train.T @ (u[:, keep] / np.sqrt(eigenvalues[keep]))
+    return x_train @ basis, x_test @ basis
 
 
 class LinearProbe:
@@ -205,12 +239,21 @@ class LinearProbe:
         pseudo_threshold: Confidence ``tau`` of :class:`~biossl.objectives.pseudo_label.PseudoLabelLoss`.
         pseudo_weight: Weight ``lambda`` of the pseudo-label term.
         pseudo_rounds: Self-training rounds after the supervised fit.
+        reduce: Fit a linear head on the row-space coordinates when there are more features than
+            training patients (exact, see the module docstring); ``False`` always fits on the features.
+
+    A chosen penalty at either end of the grid is flagged per fold (``last_fit["l2_at_edge"]``; the
+    cross-validation logs a warning): the best penalty may lie beyond the grid.
     """
+
+    #: The option that sets this method's penalty grid (named in the grid-edge warning).
+    l2_option = "--l2"
 
     def __init__(self, features: pd.DataFrame, *, name: str = "linear_probe", hidden: int | None = None,
                  survival_loss: SurvivalLoss = "cox", n_bins: int = 4, l2: float | Sequence[float] = 1e-2,
                  balanced: bool = True, max_iter: int = 500, semi_supervised: bool = False,
-                 pseudo_threshold: float = 0.95, pseudo_weight: float = 1.0, pseudo_rounds: int = 3) -> None:
+                 pseudo_threshold: float = 0.95, pseudo_weight: float = 1.0, pseudo_rounds: int = 3,
+                 reduce: bool = True) -> None:
         if survival_loss not in ("cox", "discrete"):
             raise InputError(f"survival loss must be 'cox' or 'discrete', not {survival_loss!r}")
         self.features, self.name, self.hidden = features, name, hidden
@@ -222,8 +265,11 @@ class LinearProbe:
         self.balanced, self.max_iter = balanced, max_iter
         self.semi_supervised, self.pseudo_threshold = semi_supervised, pseudo_threshold
         self.pseudo_weight, self.pseudo_rounds = pseudo_weight, pseudo_rounds
+        self.reduce = reduce
         #: What the last :meth:`fit_predict` reports (pseudo-label counts when semi-supervised).
         self.last_fit: dict[str, Any] = {}
+        #: The last test patients' survival curves (survival tasks), see :class:`Method`.
+        self.last_survival: SurvivalCurves | None = None
 
     def patients(self) -> set[str]:
         """Patients with features."""
@@ -239,42 +285,79 @@ class LinearProbe:
                     "(macro AUROC / c-index), refit on the whole training fold"},
                 "class_weight": "balanced" if self.balanced else "none", "optimiser": "L-BFGS, full batch",
                 "n_features": int(self.features.shape[1]),
+                **({"solved_on": "row-space coordinates of the training patients when features outnumber them "
+                                 "(same predictions)"} if self._may_reduce() else {}),
                 **({"semi_supervised": {"loss": "PseudoLabelLoss (self-training)", "threshold": self.pseudo_threshold,
                                         "weight": self.pseudo_weight, "rounds": self.pseudo_rounds}}
                    if self.semi_supervised else {})}
 
-    def build_head(self, task: Task, train: np.ndarray) -> Head:
-        """The head for ``task`` sized from the features and the training patients."""
-        return make_head(task, train, self.features.shape[1], hidden=self.hidden, survival_loss=self.survival_loss,
-                         n_bins=self.n_bins, balanced=self.balanced)
+    def build_head(self, task: Task, train: np.ndarray, dim: int | None = None) -> Head:
+        """The head for ``task`` on ``dim`` inputs (default: the feature count), sized from the training patients."""
+        return make_head(task, train, self.features.shape[1] if dim is None else dim, hidden=self.hidden,
+                         survival_loss=self.survival_loss, n_bins=self.n_bins, balanced=self.balanced)
+
+    def _may_reduce(self) -> bool:
+        """Row-space coordinates are exact for a linear head (self-training on a pool uses the features)."""
+        return self.reduce and self.hidden is None
+
+    def _inputs(self, x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standardised inputs of the head: the features, or their row-space coordinates (module docstring)."""
+        with one_thread_if_small(x_train.size + x_test.size):
+            a, b = standardise(x_train, x_test)
+            if self._may_reduce() and a.shape[1] > a.shape[0]:
+                a, b = row_space(a, b)
+        return a, b
 
     def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int,
                     unlabelled: Sequence[str] = ()) -> np.ndarray:
         """Standardise on ``train``, fit the head (then self-train on ``unlabelled`` if asked), predict ``test``."""
         x = self.features.loc[task.patients].to_numpy(dtype=np.float64)
         self.last_fit = {}
+        self.last_survival = None
         l2 = self.l2
         if len(self.l2_grid) > 1:
             l2, scores = self._select_l2(task, x, train, seed)
-            self.last_fit = {"l2": l2, "inner_cv": scores}
-        x_train, x_test = standardise(x[train], x[test])
-        head = self._fit(task, x_train, train, l2, seed)
+            edge = bool(scores) and l2 in (self.l2_grid[0], self.l2_grid[-1])
+            self.last_fit = {"l2": l2, "l2_at_edge": edge, "inner_cv": scores}
+        pool: list[str] = []
         if self.semi_supervised:
             if task.kind != "subtype":
                 raise InputError(SURVIVAL_PSEUDO_LABELS)
             pool = [p for p in dict.fromkeys(unlabelled) if p in self.features.index]
-            raw = self.features.loc[pool].to_numpy(dtype=np.float64) if pool else np.zeros((0, x.shape[1]))
-            _, x_pool = standardise(x[train], raw)
+        # Self-training on a pool needs the pool's rows in the head's input space: the features themselves.
+        x_train, x_test = standardise(x[train], x[test]) if pool else self._inputs(x[train], x[test])
+        solver: dict[str, Any] = {}
+        head = self._fit(task, x_train, train, l2, seed, info=solver)
+        if len(self.l2_grid) > 1:  # whether the chosen penalty's refit reached its tolerances (small ones may not)
+            self.last_fit["converged"] = solver.get("converged")
+        if task.kind == "survival":
+            self.last_survival = self._curves(task, head, x_train, x_test, train)
+        if self.semi_supervised:
+            x_pool = (standardise(x[train], self.features.loc[pool].to_numpy(dtype=np.float64))[1] if pool
+                      else np.zeros((0, x_train.shape[1])))
             self.last_fit.update(self._self_train(head, torch.from_numpy(x_train), task.target(train),
                                                   torch.from_numpy(x_pool)))
         with torch.no_grad():
             return head.predict(head(torch.from_numpy(x_test)))
 
-    def _fit(self, task: Task, x_train: np.ndarray, train: np.ndarray, l2: float, seed: int) -> Head:
+    @staticmethod
+    def _curves(task: Task, head: Head, x_train: np.ndarray, x_test: np.ndarray, train: np.ndarray) -> SurvivalCurves:
+        """The test patients' survival curves: the discrete-time head's own, or Cox with a Breslow baseline."""
+        assert task.time is not None and task.event is not None
+        with torch.no_grad():
+            out_test = head(torch.from_numpy(x_test))
+            if isinstance(head, DiscreteTimeHead):
+                return lambda times: head.survival(out_test, times)
+            train_risk = head.predict(head(torch.from_numpy(x_train)))
+        time, event, risk = task.time[train], task.event[train], head.predict(out_test)
+        return lambda times: breslow_survival(train_risk, time, event, risk, times)
+
+    def _fit(self, task: Task, x_train: np.ndarray, train: np.ndarray, l2: float, seed: int,
+             info: dict[str, Any] | None = None) -> Head:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            head = self.build_head(task, train).double()
-        fit_head(head, torch.from_numpy(x_train), task.target(train), l2=l2, max_iter=self.max_iter)
+            head = self.build_head(task, train, x_train.shape[1]).double()
+        fit_head(head, torch.from_numpy(x_train), task.target(train), l2=l2, max_iter=self.max_iter, info=info)
         return head
 
     def _select_l2(self, task: Task, x: np.ndarray, train: np.ndarray, seed: int) -> tuple[float, dict[str, float]]:
@@ -292,7 +375,7 @@ class LinearProbe:
         values: dict[float, list[float]] = {l2: [] for l2 in self.l2_grid}
         for inner_train, inner_val in folds:
             a, b = train[inner_train], train[inner_val]
-            xa, xb = standardise(x[a], x[b])  # once per inner fold, shared by the grid
+            xa, xb = self._inputs(x[a], x[b])  # once per inner fold, shared by the grid
             for l2 in self.l2_grid:
                 head = self._fit(task, xa, a, l2, seed)
                 with torch.no_grad():
@@ -324,6 +407,38 @@ class LinearProbe:
             unsupervised = float(pseudo.diagnostics["pseudo_label/unsupervised"])
         return {"pseudo_label": {"n_unlabelled": len(x_pool), "threshold": self.pseudo_threshold,
                                  "used_fraction_per_round": used, "unsupervised_loss": unsupervised}}
+
+
+class AllFeaturesLinear(LinearProbe):
+    """The probe's L2 head on *all* standardised raw features: logistic regression (subtype) or Cox (survival).
+
+    The strong simple baseline beside :class:`PCABaseline`: same folds, patients and head machinery as
+    the probe (:func:`fit_head`, balanced class weights, Cox partial likelihood with Breslow ties), its
+    penalty chosen on each training fold by the inner CV of ``--l2 auto`` over ``l2`` (default
+    :data:`L2_GRID`) and reported per fold. Wide tables are solved on row-space coordinates (module
+    docstring). In scikit-learn terms the subtype fit is ``LogisticRegression(C=1 / (n * l2),
+    class_weight="balanced")`` for ``n`` training patients and 3+ classes (``C = 2 / (n * l2)`` for two:
+    the head's two weight rows share the penalty of scikit-learn's one).
+
+    Args:
+        features: Patients x raw features (for example an expression table).
+        name: Name in reports (the CLI uses ``linear_all_logreg`` / ``linear_all_cox``).
+        source: Where the features came from, for the report.
+        l2: One penalty, or the grid the inner CV chooses from.
+        max_iter: L-BFGS iterations per fit.
+    """
+
+    l2_option = "--baseline-l2"
+
+    def __init__(self, features: pd.DataFrame, *, name: str = "linear_all", source: str = "",
+                 l2: float | Sequence[float] = L2_GRID, max_iter: int = 500) -> None:
+        super().__init__(features, name=name, survival_loss="cox", l2=l2, max_iter=max_iter)
+        self.source = source
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for the report."""
+        return {**super().describe(), "method": "penalised linear model on all standardised raw features "
+                "(logistic regression | Cox), the probe's L2 head", "features": self.source}
 
 
 def balanced_logreg(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, n_classes: int, *, c: float,
@@ -362,6 +477,8 @@ class PCABaseline:
                  name: str = "pca_baseline", source: str = "") -> None:
         self.features, self.n_components, self.penalizer, self.c = features, n_components, penalizer, c
         self.name, self.source = name, source
+        #: The last test patients' survival curves (Cox; lifelines' Breslow baseline), see :class:`Method`.
+        self.last_survival: SurvivalCurves | None = None
 
     def patients(self) -> set[str]:
         """Patients with raw features."""
@@ -379,6 +496,7 @@ class PCABaseline:
         from sklearn.decomposition import PCA
 
         x = self.features.loc[task.patients].to_numpy(dtype=np.float64)
+        self.last_survival = None
         with one_thread_if_small(x.size):
             x_train, x_test = standardise(x[train], x[test])
             n = max(1, min(self.n_components, len(train) - 1, x.shape[1]))
@@ -399,8 +517,15 @@ class PCABaseline:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # lifelines convergence chatter on small folds
             model = CoxPHFitter(penalizer=self.penalizer).fit(frame, duration_col="time", event_col="event")
-        return np.asarray(model.predict_log_partial_hazard(pd.DataFrame(z_test, columns=cols)), dtype=np.float64)
+        test_frame = pd.DataFrame(z_test, columns=cols)
+
+        def curves(times: np.ndarray) -> np.ndarray:
+            return np.asarray(model.predict_survival_function(test_frame, times=times), dtype=np.float64).T
+
+        self.last_survival = curves
+        return np.asarray(model.predict_log_partial_hazard(test_frame), dtype=np.float64)
 
 
-__all__ = ["SURVIVAL_PSEUDO_LABELS", "LinearProbe", "Method", "PCABaseline", "balanced_class_weight", "balanced_logreg",
-           "feature_frame", "fit_head", "make_head", "standardise"]
+__all__ = ["L2_GRID", "SURVIVAL_PSEUDO_LABELS", "AllFeaturesLinear", "LinearProbe", "Method", "PCABaseline",
+           "SurvivalCurves", "balanced_class_weight", "balanced_logreg", "feature_frame", "fit_head", "make_head",
+           "row_space", "standardise"]

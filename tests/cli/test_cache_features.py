@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import cast
 
@@ -37,6 +38,12 @@ def coords(fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _named(folder: Path, stem: str) -> Path:
+    """The one ``<stem>.<slide fingerprint>.h5`` file of a slide in ``folder``."""
+    (found,) = folder.glob(f"{stem}.*.h5")
+    return found
+
+
 def _pixels(h5: Path, px: int) -> torch.Tensor:
     st = SlideTiles(h5)
     x = torch.from_numpy(np.stack([st.read(i) for i in range(len(st))])).permute(0, 3, 1, 2).float() / 255
@@ -57,15 +64,16 @@ def test_checkpoint_encoder_features(coords: Path, tmp_path: Path, capsys: pytes
     module = _checkpoint(tmp_path / "m.ckpt", {keys.WSI: VIT})
     assert _run([str(coords), "--out", str(tmp_path / "f"), "--checkpoint", str(tmp_path / "m.ckpt")]) == 0
     out = capsys.readouterr().out
-    assert "he_small: 4 tiles x 96" in out and "he_small_nompp: 1 tiles x 96" in out
+    assert re.search(r"he_small\.[0-9a-f]{10}: 4 tiles x 96", out)
+    assert re.search(r"he_small_nompp\.[0-9a-f]{10}: 1 tiles x 96", out)
     assert "total: 5 tiles from 2 slides" in out and "tiles at 64 px" in out
     enc = cast(ModalityModel, module.encoders[keys.WSI]).eval()
     for stem in ("he_small", "he_small_nompp"):
-        feats = SlideFeatures(tmp_path / "f" / f"{stem}.h5")
+        feats = SlideFeatures(tmp_path / "f" / _named(coords, stem).name)
         assert feats.attrs["encoder"] == "image/vit_tiny" and feats.attrs["tile_px"] == 64
         assert feats.attrs["encoder_checkpoint"] == str((tmp_path / "m.ckpt").resolve())
         with torch.no_grad():
-            ref = enc.embed(_pixels(coords / f"{stem}.h5", 64)).numpy()
+            ref = enc.embed(_pixels(_named(coords, stem), 64)).numpy()
         np.testing.assert_allclose(feats.read(range(len(feats))), ref, rtol=2e-3, atol=2e-3)
 
 
@@ -73,14 +81,14 @@ def test_random_encoder_rerun_and_shard(coords: Path, tmp_path: Path, capsys: py
     args = [str(coords), "--out", str(tmp_path), "--encoder", "image/vit_tiny", "--encoder-arg", "img_size=32",
             "--encoder-arg", "patch_size=8", "--batch-size", "3"]
     assert _run([*args, "--shard", "1/2"]) == 0
-    assert [p.name for p in tmp_path.glob("*.h5")] == ["he_small_nompp.h5"]
+    assert [p.name for p in tmp_path.glob("*.h5")] == [_named(coords, "he_small_nompp").name]
     assert _run(args) == 0
-    first = SlideFeatures(tmp_path / "he_small.h5")
+    first = SlideFeatures(_named(tmp_path, "he_small"))
     assert first.embed_dim == 96 and first.attrs["tile_px"] == 32 and len(first) == 4
     assert first.attrs["encoder_kwargs"] == "{img_size: 32, patch_size: 8}"
-    stamp = (tmp_path / "he_small.h5").stat().st_mtime_ns
+    stamp = _named(tmp_path, "he_small").stat().st_mtime_ns
     assert _run(args) == 0  # same seed-0 weights: everything is reused
-    assert (tmp_path / "he_small.h5").stat().st_mtime_ns == stamp
+    assert _named(tmp_path, "he_small").stat().st_mtime_ns == stamp
     assert "total: 5 tiles from 2 slides" in capsys.readouterr().out
 
 
@@ -92,7 +100,8 @@ def test_bad_inputs_say_what_to_fix(coords: Path, tmp_path: Path) -> None:
         ([str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--encoder", "image/vit_tiny"], "not found"),
         ([str(coords), "--out", str(coords), "--encoder", "image/vit_tiny"], "coordinates folder"),
         ([str(coords), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "x.ckpt")], "x.ckpt not found"),
-        ([str(coords), "--out", str(tmp_path / "o"), "--checkpoint", str(coords / "he_small.h5")], "not a readable"),
+        ([str(coords), "--out", str(tmp_path / "o"), "--checkpoint", str(_named(coords, "he_small"))],
+         "not a readable"),
         ([str(coords), "--out", str(tmp_path / "o"), "--encoder", "image/vit_tinny"], "Did you mean image/vit_tiny"),
         ([str(coords), "--out", str(tmp_path / "o"), "--encoder", "image/vit_tiny", "--tile-px", "48"],
          r"img_size=\(64, 64\).*--tile-px"),

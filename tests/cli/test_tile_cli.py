@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from biossl.cli import main
+from biossl.data.tiling import slide_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,7 +17,8 @@ def test_tile_prints_counts(fixtures: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["tile", str(slide), "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "he_small.svs: 4 tiles, tissue 2" in out and "total: 4 tiles from 1 slides" in out
-    assert (tmp_path / "he_small.h5").exists() and (tmp_path / "he_small_thumbnail.png").exists()
+    assert [p.name for p in tmp_path.glob("*.h5")] == [f"{slide_key(slide)}.h5"]
+    assert (tmp_path / f"{slide_key(slide)}_thumbnail.png").exists()
     assert main(["tile", str(slide), "--out", str(tmp_path), "--no-progress", "--mpp", "1.0"]) == 2
     assert "target_mpp=0.5 (now 1.0)" in capsys.readouterr().err
 

@@ -11,12 +11,14 @@ import shutil
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 
 from biossl.cli import main
 from biossl.data.bags import BagSpec
 from biossl.data.datamodule import BagDataModule
+from biossl.data.tiling import output_paths
 from biossl.errors import InputError, SlideError
 
 SPEC = BagSpec(tiles=2, tile_px=32, modalities=("wsi",))
@@ -44,12 +46,16 @@ def cohort(fixtures: Path, tmp_path: Path) -> Path:
     return tmp_path / "m.csv"
 
 
-def test_without_slide_mpp_tiling_stops_naming_the_option(cohort: Path) -> None:
+def test_without_slide_mpp_tiling_stops_naming_the_row_and_the_option(cohort: Path) -> None:
     dm = BagDataModule(cohort, work_dir=cohort.parent / "work", spec=SPEC)
-    with pytest.raises(SlideError, match=r"a\.svs.*slide_mpp="):
+    with pytest.raises(SlideError, match=r"a\.svs has no µm/px \(MPP\) metadata; manifest .*m\.csv, row 2 \(patient "
+                                         r"'P1'\): fill the manifest's slide_mpp column.*--data\.slide_mpp"):
         dm.prepare_data()
-    with pytest.raises(InputError, match="data.slide_mpp must be a positive"):
-        BagDataModule(cohort, slide_mpp=0.0)
+    for bad in (0.0, 0.00025, 1e-9):  # 0.00025: 0.25 µm/px written in mm
+        with pytest.raises(InputError, match="data.slide_mpp .* outside the plausible range 0.05-100"):
+            BagDataModule(cohort, slide_mpp=bad)
+        with pytest.raises(InputError, match="data.override_slide_mpp .* outside the plausible range"):
+            BagDataModule(cohort, override_slide_mpp=bad)
 
 
 def test_slide_mpp_tiles_the_slides_as_biossl_tile_does(cohort: Path, tmp_path: Path) -> None:
@@ -57,13 +63,14 @@ def test_slide_mpp_tiles_the_slides_as_biossl_tile_does(cohort: Path, tmp_path: 
     dm.prepare_data()
     dm.setup("fit")
     assert dm.dataset is not None and dm.dataset[(0, 0)]["wsi"]["x"].shape == (2, 3, 32, 32)
-    with h5py.File(tmp_path / "work" / "tiles" / "a.h5", "r") as f:
+    with h5py.File(output_paths(tmp_path / "work" / "tiles", tmp_path / "a.svs")[0], "r") as f:
         ours = f["coords"][:]
-        assert f.attrs["slide_mpp"] == 0.5 and bool(f.attrs["slide_mpp_overridden"])
+        assert f.attrs["slide_mpp"] == 0.5 and f.attrs["slide_mpp_source"] == "given"
+        assert not f.attrs["slide_mpp_overridden"] and np.isnan(f.attrs["file_mpp"])  # the file records none
     # the same tiles as the command line makes with --slide-mpp
     assert main(["tile", str(tmp_path / "a.svs"), "--out", str(tmp_path / "cli"), "--slide-mpp", "0.5",
                  "--no-progress"]) == 0
-    with h5py.File(tmp_path / "cli" / "a.h5", "r") as f:
+    with h5py.File(output_paths(tmp_path / "cli", tmp_path / "a.svs")[0], "r") as f:
         assert f["coords"][:].tolist() == ours.tolist() and len(ours) == 4
 
 

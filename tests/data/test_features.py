@@ -21,7 +21,7 @@ from biossl.data.features import (
     write_tile_features,
 )
 from biossl.data.tiles import SlideTiles
-from biossl.data.tiling import tile_slide
+from biossl.data.tiling import slide_key, tile_slide
 from biossl.encoders import ENCODERS
 from biossl.encoders.base import ModalityModel
 from biossl.errors import InputError, SlideError
@@ -46,7 +46,7 @@ def _tiles(h5: Path) -> torch.Tensor:
 def test_features_equal_embed_of_the_same_tiles(coords64: Path, tmp_path: Path) -> None:
     enc = _vit()
     out = write_tile_features(coords64, enc, tmp_path, batch_size=24, encoder_name="image/vit_tiny", progress=False)
-    assert out == tmp_path / "he_small.h5"
+    assert out == tmp_path / coords64.name  # the coordinates file's name: <stem>.<slide fingerprint>.h5
     with h5py.File(out, "r") as f, h5py.File(coords64, "r") as c:
         assert f["features"].dtype == np.float16 and f["features"].shape == (64, 96)
         assert f["coords"].dtype == np.int64
@@ -55,6 +55,7 @@ def test_features_equal_embed_of_the_same_tiles(coords64: Path, tmp_path: Path) 
     assert attrs["encoder"] == "image/vit_tiny" and attrs["embed_dim"] == 96 and attrs["tile_px"] == 64
     assert attrs["source_coords"] == str(coords64.resolve()) and attrs["biossl_version"] == biossl.__version__
     assert attrs["weights_sha1"] == encoder_fingerprint(enc) and attrs["n_tiles"] == 64
+    assert attrs["slide_fingerprint"] == SlideTiles(coords64).slide_fingerprint
     with torch.no_grad():
         ref = enc.embed(_tiles(coords64)).numpy()
     feats = SlideFeatures(out)
@@ -124,11 +125,12 @@ def test_failure_mid_slide_leaves_no_file(coords64: Path, tmp_path: Path) -> Non
     with pytest.raises(RuntimeError, match="simulated"):
         write_tile_features(coords64, enc, tmp_path / "out", batch_size=16, progress=False)
     assert enc.calls == 2
-    assert list((tmp_path / "out").iterdir()) == []  # neither the final file nor a temporary one
+    out = tmp_path / "out"  # built in memory: the folder is made only when the finished file is written
+    assert not out.exists() or list(out.iterdir()) == []  # neither the final file nor a temporary one
 
 
 def test_truncated_file_is_recomputed(coords64: Path, tmp_path: Path) -> None:
-    out = tmp_path / "he_small.h5"
+    out = tmp_path / coords64.name
     out.write_bytes(b"not hdf5")
     write_tile_features(coords64, _vit(), tmp_path, progress=False)
     assert len(SlideFeatures(out)) == 64
@@ -145,17 +147,19 @@ def test_bad_inputs(coords64: Path, tmp_path: Path) -> None:
         SlideFeatures(coords64)
 
 
-def test_feature_files_for_names_the_missing_slide(coords64: Path, tmp_path: Path) -> None:
-    write_tile_features(coords64, _vit(), tmp_path, progress=False)
-    slides = [Path("/data/slides/he_small.svs"), Path("/data/slides/TCGA-XX-0001.svs")]
-    assert feature_files_for(slides[:1], tmp_path) == [tmp_path / "he_small.h5"]
-    with pytest.raises(InputError, match=r"patient P7: .*TCGA-XX-0001\.h5 for slide /data/slides/TCGA-XX-0001\.svs"):
-        feature_files_for(slides, tmp_path, patient="P7")
-    assert common_embed_dim([tmp_path / "he_small.h5"]) == 96
+def test_feature_files_for_names_the_missing_slide(coords64: Path, fixtures: Path, tmp_path: Path) -> None:
+    written = write_tile_features(coords64, _vit(), tmp_path, progress=False)
+    he = fixtures / "wsi" / "he_small.svs"
+    other = tmp_path / "TCGA-XX-0001.svs"
+    other.symlink_to(fixtures / "wsi" / "glass.svs")
+    assert feature_files_for([he], tmp_path) == [written]
+    with pytest.raises(InputError, match=rf"patient P7: .*TCGA-XX-0001\.[0-9a-f]{{10}}\.h5 for slide {other}"):
+        feature_files_for([he, other], tmp_path, patient="P7")
+    assert common_embed_dim([written]) == 96
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f.create_dataset("features", data=np.zeros((3, 32), np.float16))
     with pytest.raises(InputError, match="differ in width.*D=32: .*other.h5"):
-        common_embed_dim([tmp_path / "he_small.h5", tmp_path / "other.h5"])
+        common_embed_dim([written, tmp_path / "other.h5"])
 
 
 def test_a_slide_without_tissue_gets_a_features_file_without_rows(fixtures: Path, tmp_path: Path,
@@ -169,15 +173,16 @@ def test_a_slide_without_tissue_gets_a_features_file_without_rows(fixtures: Path
     coords = tmp_path / "coords"
     for name in ("glass.svs", "he_small.svs"):
         tile_slide(fixtures / "wsi" / name, coords, tile_size=64, keep_empty=True)
-    assert len(SlideTiles(coords / "glass.h5")) == 0
+    glass_h5, he_h5 = (coords / f"{slide_key(fixtures / 'wsi' / n)}.h5" for n in ("glass.svs", "he_small.svs"))
+    assert len(SlideTiles(glass_h5)) == 0
     enc = _vit()
     with caplog.at_level(logging.WARNING, logger="biossl.data.features"):
-        empty = write_tile_features(coords / "glass.h5", enc, tmp_path / "f", progress=False)
+        empty = write_tile_features(glass_h5, enc, tmp_path / "f", progress=False)
     assert "lists no tiles (no tissue)" in caplog.text
     with h5py.File(empty, "r") as f:
         assert f["features"].shape == (0, enc.embed_dim) and int(f.attrs["n_tiles"]) == 0
-    write_tile_features(coords / "he_small.h5", enc, tmp_path / "f", progress=False)
-    assert write_tile_features(coords / "glass.h5", enc, tmp_path / "f", progress=False) == empty  # reused
+    write_tile_features(he_h5, enc, tmp_path / "f", progress=False)
+    assert write_tile_features(glass_h5, enc, tmp_path / "f", progress=False) == empty  # reused
     for name in ("glass.svs", "he_small.svs"):
         (tmp_path / name).symlink_to(fixtures / "wsi" / name)
     table = pd.DataFrame({"patient_id": ["P1", "P2", "P2"], "modality": "wsi",

@@ -19,6 +19,7 @@ from biossl.cli import main
 from biossl.data.bags import BagSpec
 from biossl.data.datamodule import BagDataModule
 from biossl.data.tiles import SlideTiles
+from biossl.data.tiling import slide_key
 
 
 def test_tile_keep_empty_writes_a_marker_and_warns(fixtures: Path, tmp_path: Path,
@@ -26,21 +27,22 @@ def test_tile_keep_empty_writes_a_marker_and_warns(fixtures: Path, tmp_path: Pat
                                                    caplog: pytest.LogCaptureFixture) -> None:
     glass = str(fixtures / "wsi" / "glass.svs")
     out = tmp_path / "tiles"
+    h5, thumbnail = out / f"{slide_key(glass)}.h5", out / f"{slide_key(glass)}_thumbnail.png"
     with caplog.at_level(logging.WARNING, logger="biossl.data.tiling"):
         assert main(["tile", glass, "--out", str(out), "--no-progress", "--keep-empty"]) == 0
     assert "glass.svs: no tile has tissue fraction >= 0.5" in caplog.text and "listing no tiles" in caplog.text
     assert "glass.svs: 0 tiles, tissue 0.0%" in capsys.readouterr().out
-    with h5py.File(out / "glass.h5", "r") as f:
+    with h5py.File(h5, "r") as f:
         assert f["coords"].shape == (0, 2) and int(f.attrs["n_tiles"]) == 0 and f.attrs["tile_size"] == 256
-    assert len(SlideTiles(out / "glass.h5")) == 0 and (out / "glass_thumbnail.png").stat().st_size > 0
+    assert len(SlideTiles(h5)) == 0 and thumbnail.stat().st_size > 0
     # a rerun reuses the marker instead of tiling the slide again
-    stamp = (out / "glass.h5").stat().st_mtime_ns
+    stamp = h5.stat().st_mtime_ns
     assert main(["tile", glass, "--out", str(out), "--no-progress", "--keep-empty"]) == 0
     assert "(already tiled) (no tissue)" in capsys.readouterr().out
-    assert (out / "glass.h5").stat().st_mtime_ns == stamp
+    assert h5.stat().st_mtime_ns == stamp
     # without the option the blank slide stays an error (the bad-input matrix's case) and writes no .h5
     assert main(["tile", glass, "--out", str(tmp_path / "plain"), "--no-progress"]) == 2
-    assert "no slide produced tiles" in capsys.readouterr().err and not (tmp_path / "plain" / "glass.h5").exists()
+    assert "no slide produced tiles" in capsys.readouterr().err and not (tmp_path / "plain" / h5.name).exists()
 
 
 def test_pretraining_data_warns_on_a_blank_slide_and_trains_without_it(fixtures: Path, tmp_path: Path,

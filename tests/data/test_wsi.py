@@ -36,8 +36,13 @@ def test_missing_mpp_names_file_and_fix(fixtures: Path) -> None:
     with Slide(path, slide_mpp=0.25) as slide:
         assert slide.mpp == 0.25
         assert slide.level_mpp(1) == pytest.approx(1.0)
-    with pytest.raises(SlideError, match="positive"):
-        Slide(path, slide_mpp=-1.0)
+    for bad in (-1.0, 0.00025, 1e-9, 250.0, float("nan")):  # 0.00025: 0.25 µm/px written in mm
+        with pytest.raises(SlideError, match="outside the plausible range 0.05-100"):
+            Slide(path, slide_mpp=bad)
+    with Slide(fixtures / "wsi" / "he_small.svs", slide_mpp=0.25) as slide:  # the file's own value wins
+        assert (slide.mpp, slide.file_mpp, slide.mpp_source, slide.overridden) == (0.5, 0.5, "file", False)
+    with Slide(fixtures / "wsi" / "he_small.svs", override_mpp=0.25) as slide:
+        assert (slide.mpp, slide.file_mpp, slide.mpp_source, slide.overridden) == (0.25, 0.5, "override", True)
 
 
 def test_not_a_slide(tmp_path: Path) -> None:
@@ -61,8 +66,13 @@ def test_probe_accepts_real_and_synthetic_slides(he_small: Path, shared_data: Pa
     probe(he_small)
     probe(shared_data / "wsi" / "CMU-1-Small-Region.svs")
     probe(shared_data / "wsi" / "synthetic_openslide_fixtures" / "boxes.tiff")
-    with Slide(shared_data / "wsi" / "synthetic_openslide_fixtures" / "boxes.tiff") as boxes:
-        assert boxes.level_count == 4
+    boxes_tiff = shared_data / "wsi" / "synthetic_openslide_fixtures" / "boxes.tiff"
+    # a plain TIFF's 72 dpi reads as 352.8 µm/px: not a scanner's value, so the slide needs one given
+    with pytest.raises(SlideError, match=r"boxes\.tiff has no µm/px .*records 352\.778 µm/px.*ignored.*--slide-mpp"):
+        Slide(boxes_tiff)
+    with Slide(boxes_tiff, slide_mpp=0.25) as boxes:
+        assert boxes.level_count == 4 and boxes.ignored_mpp == pytest.approx(352.778, abs=1e-3)
+        assert (boxes.mpp, boxes.file_mpp, boxes.mpp_source) == (0.25, None, "given")
 
 
 def test_cmu_metadata(shared_data: Path) -> None:

@@ -54,7 +54,8 @@ def test_thumbnail_is_the_pyramid_not_the_label_or_macro(
 
     slide = demo_cohort / "slides" / "CMU-1-Small-Region.svs"
     assert main(["tile", str(slide), "--out", str(tmp_path), "--no-progress"]) == 0
-    with Image.open(tmp_path / "CMU-1-Small-Region_thumbnail.png") as im:
+    (thumbnail,) = tmp_path.glob("CMU-1-Small-Region.*_thumbnail.png")  # <stem>.<fingerprint>_thumbnail.png
+    with Image.open(thumbnail) as im:
         thumb = np.asarray(im.convert("RGB"))
     with Slide(slide) as s:
         pyramid, _ = low_resolution_rgb(s)
@@ -78,7 +79,7 @@ def test_outputs_carry_neither_associated_images_nor_scanner_metadata(
     out = tmp_path / "emb.h5ad"
     assert main(["embed", "--checkpoint", str(checkpoint), "--manifest", str(demo_cohort / "manifest.csv"),
                  "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
-    assert (tmp_path / "work" / "tiles" / "CMU-1-Small-Region.h5").is_file()
+    (tiles,) = (tmp_path / "work" / "tiles").glob("CMU-1-Small-Region.*.h5")  # <stem>.<fingerprint>.h5
     with openslide.OpenSlide(str(demo_cohort / "slides" / "CMU-1-Small-Region.svs")) as slide:
         props = dict(slide.properties)
     secrets = [props[k] for k in ("aperio.User", "aperio.ImageID", "aperio.ScanScope ID", "aperio.Date")]
@@ -86,7 +87,7 @@ def test_outputs_carry_neither_associated_images_nor_scanner_metadata(
         data = path.read_bytes()
         for value in secrets:
             assert value.encode() not in data, (path.name, value)
-    with h5py.File(tmp_path / "work" / "tiles" / "CMU-1-Small-Region.h5", "r") as f:
+    with h5py.File(tiles, "r") as f:
         assert set(f) == {"coords", "tissue"}
 
 
@@ -142,10 +143,11 @@ def test_pseudonymize_replaces_ids_and_drops_identifying_columns(
     assert _embed(pretrained, demo_cohort, other, "--pseudonymize") == 0
     assert not set(ad.read_h5ad(other).obs_names) & set(pseudo.obs_names)
 
-    # --keep-obs keeps a column on request, but never one holding patient IDs.
+    # --keep-obs keeps a column on request, but never one holding patient identifiers (a TCGA case barcode is one).
     kept = tmp_path / "kept.h5ad"
-    assert _embed(pretrained, demo_cohort, kept, "--pseudonymize", "--keep-obs", "tcga_case") == 0
-    assert "tcga_case" in ad.read_h5ad(kept).obs.columns
+    assert _embed(pretrained, demo_cohort, kept, "--pseudonymize", "--keep-obs", "intensity") == 0
+    assert "intensity" in ad.read_h5ad(kept).obs.columns
+    assert _embed(pretrained, demo_cohort, kept, "--pseudonymize", "--keep-obs", "tcga_case") == 2
 
 
 @pytest.mark.parametrize(("salt", "extra", "phrase"), [
@@ -184,5 +186,5 @@ def test_pseudonyms_drop_columns_that_hold_patient_ids(embedded: Path) -> None:
     out = pseudonymize_obs(adata, SALT.encode())
     assert "site" not in out.obs.columns and "site" in out.uns["biossl"]["pseudonymized"]["dropped_columns"]
     adata.obs["note"] = list(adata.obs_names)
-    with pytest.raises(InputError, match="hold patient IDs"):
+    with pytest.raises(InputError, match="holds patient identifiers"):
         pseudonymize_obs(adata, SALT.encode(), keep=["note"])

@@ -196,6 +196,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool, floa
     return root, with_audit, seconds
 
 
+def _key(res: Path, stem: str) -> str:
+    """The key (``<stem>.<fingerprint>``) of the one tile file of slide ``stem`` in the workflow's results."""
+    (h5,) = (res / "tile" / "tiles").glob(f"{stem}.*.h5")
+    return h5.stem
+
+
 def test_demo_workflow_writes_every_result_and_log(demo_run: tuple[Path, bool, float]) -> None:
     import anndata
     import h5py
@@ -210,12 +216,14 @@ def test_demo_workflow_writes_every_result_and_log(demo_run: tuple[Path, bool, f
     # validation
     assert json.loads((res / "cohort" / "report.json").read_text()) == []
     assert "24 patients" in (res / "cohort" / "summary.txt").read_text()
-    # one coordinates file and thumbnail per slide, where pretraining's work_dir looks for them
-    for stem in stems:
-        with h5py.File(res / "tile" / "tiles" / f"{stem}.h5", "r") as f:
+    # one coordinates file and thumbnail per slide (<stem>.<fingerprint>), where pretraining's work_dir looks
+    keys = {stem: _key(res, stem) for stem in stems}
+    for stem, key in keys.items():
+        with h5py.File(res / "tile" / "tiles" / f"{key}.h5", "r") as f:
             assert f["coords"].shape[0] > 0 and f["coords"].shape[1] == 2
             assert f.attrs["tile_size"] == 256 and f.attrs["target_mpp"] == 0.5
-        assert (res / "tile" / "tiles" / f"{stem}_thumbnail.png").stat().st_size > 0
+            assert f.attrs["slide_name"] == f"{stem}.svs" and str(f.attrs["slide_fingerprint"]).startswith(key[-10:])
+        assert (res / "tile" / "tiles" / f"{key}_thumbnail.png").stat().st_size > 0
     # pretraining reused the tiles instead of tiling again, and ran the configured 25 steps
     pretrain_log = (res / "logs" / "pretrain.log").read_text()
     assert pretrain_log.count("already tiled") == len(stems), pretrain_log[-3000:]
@@ -237,13 +245,13 @@ def test_demo_workflow_writes_every_result_and_log(demo_run: tuple[Path, bool, f
         assert (res / "audit" / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     # a log per job
     logs = [res / "logs" / "cohort.log", res / "logs" / "pretrain.log", res / "logs" / "embed.log",
-            *(res / "logs" / "tile" / f"{s}.log" for s in stems),
+            *(res / "logs" / "tile" / f"{k}.log" for k in keys.values()),
             *(res / "logs" / "finetune" / f"{t}.log" for t in ("subtype", "survival")),
             *([res / "logs" / "audit.log"] if with_audit else [])]
     for log in logs:
         assert log.is_file(), log
     assert "24 patients x 64 dims" in (res / "logs" / "embed.log").read_text()
-    assert f"{stems[0]}.svs" in (res / "logs" / "tile" / f"{stems[0]}.log").read_text()
+    assert f"{stems[0]}.svs" in (res / "logs" / "tile" / f"{keys[stems[0]]}.log").read_text()
 
 
 def test_demo_workflow_second_run_does_nothing(demo_run: tuple[Path, bool, float]) -> None:
@@ -339,14 +347,15 @@ def test_skip_bad_plans_no_tile_job_for_a_rejected_slide_and_a_blank_slide_warns
     rejected = json.loads((res / "cohort" / "report.json").read_text())
     assert [p["path"] for p in rejected if p["row"] is not None] == ["slides/DEMO-04.svs"]
     # no tile job for the rejected slide; one for every other, the untidy row's included
-    assert not (res / "logs" / "tile" / "DEMO-04.log").exists() and not (res / "tile" / "tiles" / "DEMO-04.h5").exists()
-    tiled = sorted(p.stem for p in (res / "tile" / "tiles").glob("*.h5"))
+    assert not list((res / "logs" / "tile").glob("DEMO-04.*")) and not list((res / "tile" / "tiles").glob("DEMO-04.*"))
+    tiled = sorted(p.stem.rsplit(".", 1)[0] for p in (res / "tile" / "tiles").glob("*.h5"))  # <stem>.<fingerprint>
     assert tiled == ["CMU-1-Small-Region", "DEMO-03", "DEMO-05", "DEMO-08", "DEMO-15", "DEMO-23", "DEMO-24"]
     # the blank slide: a warning in its log, an .h5 listing no tiles, and a thumbnail showing why
-    assert "no tile has tissue" in (res / "logs" / "tile" / "DEMO-03.log").read_text()
-    with h5py.File(res / "tile" / "tiles" / "DEMO-03.h5", "r") as f:
+    blank = _key(res, "DEMO-03")
+    assert "no tile has tissue" in (res / "logs" / "tile" / f"{blank}.log").read_text()
+    with h5py.File(res / "tile" / "tiles" / f"{blank}.h5", "r") as f:
         assert f["coords"].shape == (0, 2)
-    assert (res / "tile" / "tiles" / "DEMO-03_thumbnail.png").stat().st_size > 0
+    assert (res / "tile" / "tiles" / f"{blank}_thumbnail.png").stat().st_size > 0
     # pretraining reused every tile file (the blank one too) and trained without the rejected slide
     log = (res / "logs" / "pretrain.log").read_text()
     assert log.count("already tiled") == len(tiled), log[-3000:]
