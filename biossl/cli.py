@@ -104,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``biossl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     head, rest = _split_globals(argv)
+    if rest and rest[0] in VERBS and "-h" not in rest and "--help" not in rest:
+        bad_environment = _thread_environment(rest[0])
+        if bad_environment is not None:
+            return bad_environment
     if rest and rest[0] in PASSTHROUGH:
         options = build_parser().parse_args(head)  # global options only; bad ones exit 2 with argparse's message
         return _passthrough(rest[0], rest[1:], verbose=options.verbose, threads=options.threads)
@@ -121,6 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     module = importlib.import_module(f"biossl.commands.{VERBS[args._verb]}")
     return _guarded(args._verb, lambda: module.run(args), args.threads)
+
+
+def _thread_environment(verb: str) -> int | None:
+    """Exit code 2 (one line) when a thread variable is malformed, before a verb imports what reads it; else None."""
+    from biossl.threads import check_thread_environment
+
+    try:
+        check_thread_environment()
+    except InputError as exc:
+        print(f"biossl {verb}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return None
 
 
 def _passthrough(verb: str, rest: list[str], *, verbose: bool = False, threads: int | None = None) -> int:

@@ -131,9 +131,11 @@ def pseudonymize_obs(adata: Any, salt: bytes, *, keep: Iterable[str] = ()) -> An
     obs = out.obs[kept].copy()
     obs.index = pd.Index(pseudonyms(ids, salt), name=out.obs.index.name or "patient_id")
     out.obs = obs
+    if "biossl" in out.uns:  # the labels dropped above are not listed (a label named after a patient)
+        out.uns["biossl"] = {**out.uns["biossl"], "label_columns": [
+            str(c) for c in out.uns["biossl"].get("label_columns", []) if str(c) in {str(k) for k in kept}]}
     removed = _scrub_uns(out.uns, found)
     info = dict(out.uns.get("biossl", {}))
-    info["label_columns"] = [str(c) for c in info.get("label_columns", []) if str(c) in {str(k) for k in kept}]
     out.uns["biossl"] = {**info, "pseudonymized": {
         "method": f"HMAC-SHA256(salt, patient_id), first {DIGITS} hex digits, prefix {PREFIX}",
         "kept_columns": [str(c) for c in kept], "dropped_columns": dropped,
@@ -220,13 +222,19 @@ class Identifiers:
     def __init__(self, ids: Iterable[str], *, more: Iterable[str] = ()) -> None:
         self.exact = {str(i).strip() for i in ids if str(i).strip()}
         names = set(self.exact) | {str(m) for m in more}
-        names |= {"-".join(m.groups()) for n in list(names) for m in BARCODE.finditer(n)}
+        barcodes = [m.groups() for n in list(names) for m in BARCODE.finditer(n)]
+        names |= {"-".join(groups) for groups in barcodes}
         self._long = sorted({"".join(t) for n in names if len("".join(t := _tokens(n))) >= _LONG
                              and not "".join(t).isdigit()})
         short = [t for n in names if (t := _tokens(n)) and (len("".join(t)) < _LONG or "".join(t).isdigit())]
         self._words = sorted({" " + " ".join(t) + " " for t in short if not "".join(t).isdigit()})
-        #: Digit-only IDs (``0012``) as words: searched in obs text (``slides/0012.svs``), not in free notes.
-        self._number_words = sorted({" " + " ".join(t) + " " for t in short if "".join(t).isdigit()})
+        #: Words searched in obs text only (``slides/0012.svs``, ``note: 3Z-A93Z``), not in the free notes of uns:
+        #: digit-only IDs (``0012``) and the parts of a barcode without its project (tissue source site +
+        #: participant ``3Z-A93Z``, participant ``A93Z``), which name the patient as well.
+        parts = {" " + " ".join(_tokens(p)) + " " for _, tss, who in barcodes for p in (f"{tss}-{who}", who)}
+        self._number_words = sorted({" " + " ".join(t) + " " for t in short if "".join(t).isdigit()} | parts)
+        #: Participant codes that are digits (``3308`` of ``TCGA-A3-3308``): an ID when a text cell is just that.
+        self._digit_parts = {who.casefold() for _, _, who in barcodes if who.isdigit()}
 
     def in_text(self, text: str) -> bool:
         """True if ``text`` holds an identifier (see the class docstring); digit-only IDs only as the whole text."""
@@ -251,9 +259,23 @@ class Identifiers:
         texts = {str(v) for v in values if isinstance(v, str)}
         if self._in_texts((t for t in texts if _number_text(t) is None), number_words=True):
             return True
-        pairs = [(n, str(i)) for v, i in zip(values, row_ids)
-                 if not (v is None or (isinstance(v, float) and np.isnan(v))) and (n := _number_text(v)) is not None]
-        return bool(pairs) and all(n == i for n, i in pairs)
+        if any(t.strip() in self._digit_parts for t in texts):
+            return True
+        return _copies_row_ids(values, row_ids)
+
+
+def _copies_row_ids(values: Sequence[Any], row_ids: Sequence[str]) -> bool:
+    """True if at least half of the filled values are their own row's ID, as text or as the same number.
+
+    ``"0012"`` (text, a categorical, a number column ``12`` or ``12.0``) beside patient ``0012`` is a copy;
+    an ``event`` 0/1 beside numeric patients ``0 .. 9`` copies two rows of ten and is a label.
+    """
+    from biossl.data.labels import id_key
+
+    pairs = [(v, str(i)) for v, i in zip(values, row_ids) if str(i).strip() and not isinstance(v, (bool, np.bool_))
+             and not (v is None or (isinstance(v, float) and np.isnan(v)))]
+    copies = sum(str(v).strip() == i or (_number_text(v) is not None and id_key(v) == id_key(i)) for v, i in pairs)
+    return copies > 0 and 2 * copies >= len(pairs)
 
 
 def _row_unique_text(frame: pd.DataFrame) -> list[str]:
@@ -297,6 +319,47 @@ def _holds_text(value: Any, found: Identifiers) -> bool:
         return found.in_text(" ".join(map(str, value.columns))) or any(
             found.in_column(value[c], [""] * len(value)) for c in value.columns if value[c].dtype == object)
     return False
+
+
+#: What :func:`hide_identifiers` writes in place of a text holding a patient identifier.
+HIDDEN_TEXT = "<hidden: held a patient identifier>"
+
+
+def hide_identifiers(record: Any, patient_ids: Iterable[str]) -> tuple[Any, list[str]]:
+    """A copy of a JSON-like ``record`` where every text (value or key) holding an identifier is :data:`HIDDEN_TEXT`.
+
+    For the parts of a pseudonymised report that :func:`pseudonymize_record` does not rewrite: file names
+    (``labels_TCGA-2Z-A9J6.csv``), notes, the source of an audit. Identifiers are found as in
+    :class:`Identifiers` (an ID inside a longer text, any TCGA/TARGET barcode); texts that read as numbers
+    are left alone (a class ``"1"`` beside a patient ``1``). Returns the copy and the paths (``inputs/labels``)
+    of what was hidden.
+    """
+    found = Identifiers([str(p) for p in patient_ids if not str(p).startswith(PREFIX)])
+    hidden: list[str] = []
+
+    def holds(text: str) -> bool:
+        return _number_text(text) is None and found.in_text(text)
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            if holds(value):
+                hidden.append(path or "/")
+                return HIDDEN_TEXT
+            return value
+        if isinstance(value, Mapping):
+            out: dict[Any, Any] = {}
+            for i, (k, v) in enumerate(value.items()):
+                key = k
+                if isinstance(k, str) and holds(k):
+                    key = f"{HIDDEN_TEXT} {i}"
+                    hidden.append(f"{path}/{key}")
+                out[key] = walk(v, f"{path}/{key}")
+            return out
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(value)]
+        return value
+
+    return walk(record, ""), hidden
 
 
 def pseudonymize_record(record: Any, patient_ids: Iterable[str], salt: bytes) -> Any:

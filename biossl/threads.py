@@ -136,16 +136,50 @@ def available_cpus(*, environ: Mapping[str, str] | None = None, affinity: int | 
     return CpuBudget(max(1, n), source)
 
 
+def max_threads() -> int:
+    """The most threads biossl accepts: 4 per CPU of the machine, at least 64 (more only exhaust memory)."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
 def parse_threads(text: str, what: str) -> int:
     """A thread count given by the user (``--threads`` or ``BIOSSL_NUM_THREADS``): a positive integer.
 
     Raises:
-        InputError: not a positive integer.
+        InputError: not a positive integer, or more than :func:`max_threads` (100000 threads would
+            exhaust the memory of the thread pools before any work).
     """
     value = _positive_int(text)
     if value is None or "(" in text:
         raise InputError(f"{what} must be a positive number of threads; got {text!r}")
+    if value > max_threads():
+        raise InputError(f"{what} {value} is more threads than this machine can use ({os.cpu_count() or 1} CPUs; "
+                         f"at most {max_threads()}); give at most the CPUs this job may use")
     return value
+
+
+#: Thread variables that libraries biossl imports read as whole numbers (numexpr, at pandas' import,
+#: fails with a traceback on ``OMP_NUM_THREADS=abc``; OpenMP and BLAS pools ignore or misread them).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "NUMEXPR_MAX_THREADS")
+
+
+def check_thread_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse thread variables that are set but are not a positive whole number, before any library reads them.
+
+    Raises:
+        InputError: naming the variable and its value.
+    """
+    env = os.environ if environ is None else environ
+    for name in (THREADS_ENV, *THREAD_VARIABLES):
+        text = env.get(name, "")
+        if not text.strip():
+            continue
+        if name == THREADS_ENV:
+            parse_threads(text, name)
+        elif not (text.strip().isdigit() and int(text.strip()) > 0):
+            raise InputError(f"environment variable {name}={text!r} is not a positive whole number of threads "
+                             f"(libraries biossl uses read it as one); set it to a number such as "
+                             f"{available_cpus(environ=env).n}, or unset it")
 
 
 def choose_threads(requested: int | None = None, *, environ: Mapping[str, str] | None = None) -> CpuBudget:
@@ -156,6 +190,10 @@ def choose_threads(requested: int | None = None, *, environ: Mapping[str, str] |
     if env.get(THREADS_ENV, "").strip():
         return CpuBudget(parse_threads(env[THREADS_ENV], THREADS_ENV), THREADS_ENV)
     omp = _positive_int(env.get("OMP_NUM_THREADS"))
+    if omp is not None and omp > max_threads():
+        logger.warning("OMP_NUM_THREADS=%d is more threads than this machine can use; torch uses %d", omp,
+                       max_threads())
+        return CpuBudget(max_threads(), f"OMP_NUM_THREADS={omp}, capped")
     if omp is not None:
         return CpuBudget(omp, "OMP_NUM_THREADS")
     return available_cpus(environ=env)
@@ -215,5 +253,5 @@ def cap_workers(requested: int, what: str) -> int:
     return budget.n
 
 
-__all__ = ["THREADS_ENV", "CpuBudget", "available_cpus", "cap_workers", "cgroup_cpus", "choose_threads",
-           "configure_threads", "parse_threads"]
+__all__ = ["THREADS_ENV", "THREAD_VARIABLES", "CpuBudget", "available_cpus", "cap_workers", "cgroup_cpus",
+           "check_thread_environment", "choose_threads", "configure_threads", "max_threads", "parse_threads"]

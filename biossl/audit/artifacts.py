@@ -338,7 +338,7 @@ def artifact_audit_from_checkpoint(
         label_column: Its column to use (default ``subtype`` when the table has one).
         id_column: The labels table's patient column.
         unknown_labels: Labelled patients absent from the cohort: ``"error"`` or ``"drop"`` (warning).
-        work_dir: Tile coordinates and scan cache (default: the pretraining run's).
+        work_dir: Tile coordinates and scan cache (default: :func:`biossl.downstream.embed.default_work_dir`).
         features_dir: Cached tile features for feature-cache checkpoints (no tile artifacts then).
         skip_bad: Skip unreadable manifest rows with a warning.
         modalities: As :func:`artifact_audit`.

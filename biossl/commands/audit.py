@@ -129,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
         # audit.json and report.html hold aggregates only (scores per column, PCA points without names):
         # no patient ID to replace, which the privacy tests check.
         result["pseudonymized"] = "the audit holds no patient IDs (aggregates and unnamed points only)"
+        from biossl.privacy import hide_identifiers
+
+        result, hidden = hide_identifiers(result, adata.obs_names)  # file names (the source) holding an ID
+        if hidden:
+            result["pseudonymized_hidden"] = hidden
     json_path, html_path = write_audit(result, args.out)
     print(format_verdicts(result))
     print(f"wrote {json_path} and {html_path}")

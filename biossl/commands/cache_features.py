@@ -112,6 +112,43 @@ def _build_encoder(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
             raise InputError(f"--encoder {name} with {kwargs}: {exc}") from None
 
 
+def _current(files: list[Path]) -> list[Path]:
+    """``files`` less the coordinates files superseded by another one of the same slide file in the list.
+
+    After a slide is re-scanned in place and tiled again, its folder holds the old content's file
+    (``<stem>.<old fingerprint>.h5``) beside the new one; the old one is skipped with a warning. An old
+    file without a new one is kept (reading it fails, saying to tile the slide again).
+    """
+    from biossl.data.identity import file_identity
+    from biossl.data.tiling import read_params
+
+    recorded: dict[Path, tuple[str, str]] = {}  # coordinates file -> (slide path, slide fingerprint)
+    for h5 in files:
+        try:
+            attrs = read_params(h5)
+        except OSError:
+            continue  # reported when it is read
+        if "slide_path" in attrs and "slide_fingerprint" in attrs:
+            recorded[h5] = (str(Path(str(attrs["slide_path"])).resolve()), str(attrs["slide_fingerprint"]))
+    now: dict[str, str | None] = {}
+    for slide, _ in recorded.values():
+        try:
+            now.setdefault(slide, file_identity(slide).fingerprint)
+        except OSError:
+            now.setdefault(slide, None)
+    has_current = {slide for slide, fp in recorded.values() if fp == now[slide]}
+    kept = []
+    for h5 in files:
+        slide, fp = recorded.get(h5, ("", ""))
+        if h5 in recorded and fp != now[slide] and slide in has_current:
+            logger.warning("%s lists the tiles of slide %s as it was before it changed (re-scanned); another "
+                           "coordinates file in %s is of its present content: skipped, delete it", h5, slide,
+                           h5.parent)
+            continue
+        kept.append(h5)
+    return kept
+
+
 def run(args: argparse.Namespace) -> int:
     """Cache features of every coordinates file in ``COORDS_DIR``; print one line per slide and a total."""
     from biossl.data.features import SlideFeatures, encoder_fingerprint, encoder_input_px, write_tile_features
@@ -127,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{coords_dir} has no .h5 coordinates files; run `biossl tile SLIDES --out {coords_dir}`")
     if args.batch_size < 1 or args.num_workers < 0:
         raise InputError(f"--batch-size must be >= 1 and --num-workers >= 0, got {args.batch_size}, {args.num_workers}")
-    files = select_shard(files, args.shard)
+    files = select_shard(_current(files), args.shard)
     if not files:
         print(f"shard {args.shard[0]}/{args.shard[1]} of the coordinates files is empty; nothing to do")
         return 0

@@ -482,14 +482,20 @@ def run(args: argparse.Namespace) -> int:
     if efficiency is not None:
         report["label_efficiency"] = efficiency
     if salt is not None:
-        from biossl.privacy import pseudonymize_record
+        from biossl.privacy import hide_identifiers, pseudonymize_record
 
         # Only the sections that hold patients: numbers elsewhere (fractions, seeds, folds) must stay.
         ids = known | set(map(str, labels.index))
         for section in ("folds", "excluded", "unlabelled"):
             if section in report:
                 report[section] = pseudonymize_record(report[section], ids, salt)
+        # Elsewhere (file names in inputs, the plot's name, notes): a text holding an identifier is hidden.
+        report, hidden = hide_identifiers(report, ids)
         report["pseudonymized"] = "patient IDs replaced by HMAC-SHA256 pseudonyms (biossl.privacy)"
+        if hidden:
+            report["pseudonymized_hidden"] = hidden
+            logger.warning("pseudonymised report: %d text(s) held a patient identifier and are hidden: %s",
+                           len(hidden), ", ".join(hidden))
     text = json.dumps(jsonable(report), indent=1) + "\n"
     if plot_path is None or efficiency is None:
         write_text_atomic(args.out, text)

@@ -176,8 +176,13 @@ class _Checker:
         if patient in found:
             return None
         column = " (column patient_id)" if modality == SEQUENCE else ""
-        return (f"patient not in this {modality} table{column} ({len(found)} patients, e.g. {sorted(found)[:3]}); "
-                "fix the patient_id or the path")
+        from biossl.data.labels import look_alikes
+
+        alike = [b for _, b in look_alikes([patient], found)][:3]
+        hint = (f"; it holds {', '.join(map(repr, alike))}, the same number written differently (a spreadsheet "
+                "drops leading zeros): write the IDs as text" if alike else "")
+        return (f"patient not in this {modality} table{column} ({len(found)} patients, e.g. {sorted(found)[:3]})"
+                f"{hint}; fix the patient_id or the path")
 
     def _file_mpp(self, path: str) -> float | str | None:
         """The µm/px the slide file records (``None`` if none; the reason as text if it cannot be used)."""

@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from biossl import __version__
 from biossl.data.identity import file_identity
-from biossl.data.tiles import SlideTiles, TileDataset
-from biossl.errors import InputError
+from biossl.data.tiles import SlideTiles, TileDataset, cached_handle
+from biossl.errors import InputError, SlideError
 from biossl.io import atomic_h5
 
 logger = logging.getLogger(__name__)
@@ -272,12 +272,37 @@ def _recorded_slide(path: Path) -> tuple[str | None, str | None]:
     return (str(fingerprint) if fingerprint else None), (str(slide) if slide else None)
 
 
+_NAME_ONLY: set[Path] = set()  # folders of features without a slide fingerprint (warned once per process)
+
+
+def _check_coords_fit(path: Path, slide: Path, who: str, redo: str) -> None:
+    """Refuse features whose tiles lie outside ``slide``'s level-0 pixels (they are of a larger slide).
+
+    Raises:
+        InputError: A tile's level-0 corner lies beyond the slide's width or height.
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            coords = np.asarray(f["coords"][:], dtype=np.int64) if "coords" in f else np.zeros((0, 2), np.int64)
+        width, height = cached_handle(str(slide), file_identity(slide).fingerprint).dimensions
+    except (OSError, SlideError, ValueError) as exc:
+        raise InputError(f"{who}tile features {path} or slide {slide} cannot be read ({exc}); {redo}") from None
+    if coords.ndim != 2 or coords.shape[-1] != 2 or len(coords) == 0:
+        return
+    x, y = int(coords[:, 0].max()), int(coords[:, 1].max())
+    if x >= width or y >= height or int(coords.min()) < 0:
+        raise InputError(f"{who}tile features {path} list tiles outside slide {slide} (corner up to x {x}, y {y}; "
+                         f"the slide is {width}×{height} px at level 0): they are of another slide of the same "
+                         f"name; {redo}")
+
+
 def _check_stem_file(path: Path, slide: Path, who: str) -> None:
     """Refuse a ``<stem>.h5`` features file that records another slide file than ``slide``.
 
     A file recording a fingerprint must record this slide's. A file recording only a slide path (an
     older biossl's) must name this slide, or a file with this slide's content. A file recording
-    neither (another tool's) is taken as named.
+    neither (another tool's) is taken as named if its tiles lie inside the slide, with a warning (once
+    per folder) that it could not be checked further.
     """
     identity = file_identity(slide)
     fingerprint, recorded = _recorded_slide(path)
@@ -288,7 +313,15 @@ def _check_stem_file(path: Path, slide: Path, who: str) -> None:
                              f"(fingerprint {fingerprint[:10]} recorded, {identity.short} now: another slide of "
                              f"the same name, or re-scanned); {redo}")
         return
-    if recorded is None or Path(recorded).resolve() == Path(identity.path):
+    if recorded is None:
+        _check_coords_fit(path, slide, who, redo)
+        if path.parent not in _NAME_ONLY:
+            _NAME_ONLY.add(path.parent)
+            logger.warning("tile features in %s record no slide fingerprint (files of another tool, e.g. TRIDENT or "
+                           "CLAM): each is matched to its slide by the file name alone (%s for slide %s); keep one "
+                           "such folder per cohort", path.parent, path.name, slide)
+        return
+    if Path(recorded).resolve() == Path(identity.path):
         return
     try:
         same = file_identity(recorded).fingerprint == identity.fingerprint

@@ -6,7 +6,9 @@ or a slide re-scanned in place (same path, new file), get different fingerprints
 entries. The fingerprint is SHA-1 over the file size, its first and last MiB and
 :data:`N_SAMPLES` evenly spaced 64 KiB blocks in between: a few MiB read, milliseconds even for a
 multi-GB slide. Files up to :data:`FULL_READ` bytes are hashed whole. It is memoised per process by
-(resolved path, device, inode, size, mtime in ns), so asking again costs one ``stat``.
+(resolved path, device, inode, size, mtime and ctime in ns), so asking again costs one ``stat``. The ctime
+is in the key because a file rewritten in place with its old size and time restored (``cp -p``,
+``touch -r``, ``rsync -a`` onto the same inode) keeps inode, size and mtime; no tool can set the ctime back.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ SHORT = 10
 #: Version of the recipe, hashed first: a change of recipe never matches an old fingerprint.
 _RECIPE = b"biossl-file-fingerprint-v1\0"
 
-_MEMO: dict[tuple[str, int, int, int, int], str] = {}
+_MEMO: dict[tuple[str, int, int, int, int, int], str] = {}
 _LOCK = threading.Lock()
 
 
@@ -73,7 +75,7 @@ def _digest(path: Path, size: int) -> str:
 
 
 def file_identity(path: str | os.PathLike[str]) -> FileIdentity:
-    """The :class:`FileIdentity` of a file (memoised by resolved path, inode, size and mtime).
+    """The :class:`FileIdentity` of a file (memoised by resolved path, inode, size, mtime and ctime).
 
     Raises:
         OSError: The file cannot be read (missing, a folder, no permission).
@@ -82,7 +84,7 @@ def file_identity(path: str | os.PathLike[str]) -> FileIdentity:
     stat = resolved.stat()
     if not resolved.is_file():
         raise IsADirectoryError(f"{resolved} is not a file")
-    key = (str(resolved), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key = (str(resolved), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     with _LOCK:
         known = _MEMO.get(key)
     if known is None:

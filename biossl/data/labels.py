@@ -58,6 +58,41 @@ def id_text(value: object) -> object:
     return str(value).strip()
 
 
+def id_key(value: object) -> str:
+    """An ID as a spreadsheet would rewrite it: ``"0012"``, ``"12.0"``, ``" 12 "`` and ``12`` all give ``"12"``.
+
+    Text that reads as a whole number (leading zeros, ``.0``, an exponent such as ``1e3``) becomes that
+    number's digits; other text is stripped and case-folded. Two IDs with the same key but different
+    text are the same patient written twice or two patients a spreadsheet can no longer tell apart.
+    """
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text.casefold()
+    if "_" not in text and np.isfinite(number) and number.is_integer():
+        return str(int(number))
+    return text.casefold()
+
+
+def look_alikes(ids: Collection[str], others: Collection[str]) -> list[tuple[str, str]]:
+    """Pairs ``(i, o)`` of ``ids`` and ``others`` that differ as text but share :func:`id_key` (``0012``, ``12``)."""
+    keyed: dict[str, list[str]] = {}
+    for o in others:
+        keyed.setdefault(id_key(o), []).append(str(o))
+    return [(str(i), o) for i in sorted(map(str, ids)) for o in sorted(keyed.get(id_key(i), [])) if o != str(i)]
+
+
+def look_alike_note(pairs: Sequence[tuple[str, str]], first: str, second: str) -> str:
+    """``"; '12' of the labels table looks like '0012' of the cohort: ..."`` for messages; empty without pairs."""
+    if not pairs:
+        return ""
+    named = ", ".join(f"{a!r} of {first} looks like {b!r} of {second}" for a, b in pairs[:MAX_NAMED])
+    more = f" and {len(pairs) - MAX_NAMED} more" if len(pairs) > MAX_NAMED else ""
+    return (f"; {named}{more}: the same number written differently (a spreadsheet that reads IDs as numbers drops "
+            "leading zeros and rewrites 1e3 or 12.0); write the IDs as text, exactly as the manifest does")
+
+
 def check_column_names(names: Sequence[object], path: Path, *, what: str,
                        error: type[InputError] = ManifestError) -> list[str]:
     """The header's names (:func:`column_name`), refusing names that clash once case, spaces and BOM are folded.
@@ -203,6 +238,9 @@ def read_labels(
     if id_column not in df.columns:
         raise ManifestError(f"labels table {path} has no {id_column!r} column (found {list(df.columns)}); "
                             "rename the patient column or pass id_column=")
+    if id_column != PATIENT_ID and PATIENT_ID in df.columns:
+        raise ManifestError(f"labels table {path} has a {PATIENT_ID!r} column beside its patient column {id_column!r}; "
+                            f"rename or delete the {PATIENT_ID!r} column (the patients are read from {id_column!r})")
     df = df.rename(columns={id_column: PATIENT_ID})
     empty = df.index[df[PATIENT_ID].isna() | (df[PATIENT_ID] == "")]
     if len(empty):
@@ -276,16 +314,35 @@ def _match_known(df: pd.DataFrame, patients: Collection[str], path: Path, *, unk
                  where: str) -> pd.DataFrame:
     if unknown not in ("error", "drop"):
         raise ValueError(f"unknown must be 'error' or 'drop', not {unknown!r}")
-    known = set(patients)
+    known = {str(p) for p in patients}
     extra = sorted(set(df.index) - known)
     if extra:
+        note = look_alike_note(look_alikes(extra, known - set(df.index)), "the labels table", where)
         msg = (f"labels table {path} has {len(extra)} patient(s) not in {where}, "
-               f"e.g. {extra[:MAX_NAMED]}; check the patient IDs match the manifest's patient_id")
+               f"e.g. {extra[:MAX_NAMED]}; check the patient IDs match the manifest's patient_id{note}")
         if unknown == "error":
             raise ManifestError(msg + " or drop them (unknown='drop'; on the command line --unknown-labels drop)")
         logger.warning("%s; dropping them", msg)
         df = df.drop(index=extra)
-    unlabelled = len(known - set(df.index))
+    unlabelled = sorted(known - set(df.index))
     if unlabelled:
-        logger.info("%d of %d known patients have no row in %s", unlabelled, len(known), path)
+        logger.info("%d of %d known patients have no row in %s, e.g. %s", len(unlabelled), len(known), path,
+                    unlabelled[:MAX_NAMED])
+        warn_look_alikes(unlabelled, list(df.index), f"{where} without a row in {path}", "labelled patient")
     return df
+
+
+def warn_look_alikes(left_out: Collection[str], matched: Collection[str], left_where: str, matched_what: str) -> None:
+    """Warn, naming them, when patients left out look like matched ones (``0012`` left out, ``12`` matched).
+
+    The rows of ``12`` may then be those of ``0012`` with its leading zeros dropped by a spreadsheet.
+    """
+    alike: dict[str, list[str]] = {}
+    for a, b in look_alikes(left_out, matched):
+        alike.setdefault(a, []).append(repr(b))
+    if alike:
+        named = ", ".join(f"{a!r} (looks like the {matched_what} {' or '.join(b)})"
+                          for a, b in list(alike.items())[:MAX_NAMED])
+        logger.warning("%d patient(s) of %s look like matched ones written differently: %s; if a spreadsheet dropped "
+                       "leading zeros (or rewrote 1e3, 12.0), the rows matched to the latter may belong to the former: "
+                       "write the IDs as text, exactly as the manifest does", len(alike), left_where, named)

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from biossl.data.keys import PATIENT_ID
-from biossl.data.labels import MAX_NAMED, read_table
+from biossl.data.labels import MAX_NAMED, look_alike_note, look_alikes, read_table, warn_look_alikes
 from biossl.errors import InputError, ManifestError
 from biossl.io import atomic_path
 
@@ -204,13 +204,17 @@ def read_splits(path: str | Path, *, patients: Collection[str] | None = None) ->
 
 def _restrict(out: pd.DataFrame, path: Path, patients: Collection[str] | None) -> pd.DataFrame:
     if patients is not None:
-        extra = sorted(set(out[PATIENT_ID]) - set(patients))
+        known = {str(p) for p in patients}
+        extra = sorted(set(out[PATIENT_ID]) - known)
         if extra:
+            note = look_alike_note(look_alikes(extra, known - set(out[PATIENT_ID])), "the split file", "the cohort")
             raise ManifestError(f"{path} names {len(extra)} patient(s) not in the cohort, "
-                                f"e.g. {extra[:MAX_NAMED]}")
-        left = len(set(patients) - set(out[PATIENT_ID]))
+                                f"e.g. {extra[:MAX_NAMED]}{note}")
+        left = sorted(known - set(out[PATIENT_ID]))
         if left:
-            logger.warning("%d cohort patient(s) are in no fold of %s and are left out", left, path)
+            logger.warning("%d cohort patient(s) are in no fold of %s and are left out, e.g. %s", len(left), path,
+                           left[:MAX_NAMED])
+            warn_look_alikes(left, list(out[PATIENT_ID]), f"the cohort in no fold of {path}", "split patient")
     return out.sort_values(PATIENT_ID).reset_index(drop=True)
 
 

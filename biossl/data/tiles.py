@@ -173,11 +173,12 @@ class SlideTiles:
         self.slide_fingerprint: str | None = str(attrs["slide_fingerprint"]) if "slide_fingerprint" in attrs else None
         self._check_slide(stored, given=slide_path is not None)
         stat = os.stat(self.slide_path)  # the file read from here on (fingerprint checked above, when recorded)
-        self._version = self.slide_fingerprint or f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+        self._version = self.slide_fingerprint or f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
 
     def _check_slide(self, stored: str, *, given: bool) -> None:
         """Refuse to read tiles from a file other than the one tiled (see the class docstring)."""
-        redo = f"tile it again (delete {self.h5_path}, or `biossl tile --overwrite`)"
+        redo = (f"tile the slide again (`biossl tile {self.slide_path} --out {self.h5_path.parent}`, which writes "
+                "a file named by its present content) and delete " + str(self.h5_path))
         if self.slide_fingerprint is None:  # an older biossl's file: only the path can be compared
             if given and Path(self.slide_path).resolve() != Path(stored).resolve():
                 raise SlideError(f"{self.h5_path} was made from slide {stored} and records no fingerprint to show "

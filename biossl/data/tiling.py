@@ -455,6 +455,16 @@ def select_shard(paths: Iterable[str | os.PathLike[str]], shard: tuple[int, int]
     return ordered[i::n]
 
 
+def _same_mpp(a: float | None, b: float | None) -> bool:
+    """True if two slides' level-0 µm/px agree (both none, or equal up to rounding)."""
+    return (a is None and b is None) or (a is not None and b is not None and bool(np.isclose(a, b)))
+
+
+def _said_mpp(mpp: float | None) -> str:
+    """``0.5 µm/px``, or ``none`` for a slide without a value."""
+    return "none" if mpp is None else f"{mpp:g} µm/px"
+
+
 SlideMpp: TypeAlias = float | Mapping[str, float] | Mapping[Path, float] | Mapping[str | Path, float] | None
 """``slide_mpp`` of :func:`tile_slides`: one level-0 µm/px for all slides, per-slide values, or none."""
 
@@ -609,6 +619,13 @@ def tile_slides(
                                     tile_size=common["tile_size"])
         except SlideError as exc:
             problems.append(str(exc))
+            continue
+        first = first_of[key]
+        if first != path and first in used and not _same_mpp(used[first], used[path]):  # one file, one tile set
+            problems.append(f"slide {path} has the content of slide {first} (the same scan under the same name) "
+                            f"but is given another level-0 µm/px ({_said_mpp(used[path])}, and "
+                            f"{_said_mpp(used[first])} for {first}); both would read one set of tiles: give them "
+                            "one value (slide_mpp / override_slide_mpp)")
             continue
         # A slide already tiled with these options needs no µm/px (given at tiling).
         if used[path] is None and (overwrite or not _tiled_with(out_dir / f"{key}.h5", params_of(path), identity)):

@@ -46,10 +46,10 @@ import numpy as np
 import pandas as pd
 
 from biossl.data.keys import PATIENT_ID
-from biossl.data.labels import MAX_NAMED
+from biossl.data.labels import MAX_NAMED, look_alike_note, look_alikes, warn_look_alikes
 from biossl.data.splits import FOLD, TRAIN_ONLY, make_splits
 from biossl.downstream.methods import Method
-from biossl.downstream.metrics import integrated_brier_score, survival_horizon, uno_c_index
+from biossl.downstream.metrics import NonFiniteSurvival, integrated_brier_score, survival_horizon, uno_c_index
 from biossl.downstream.tasks import Task
 from biossl.errors import InputError
 
@@ -108,9 +108,12 @@ def folds_for(task: Task, *, splits: pd.DataFrame | None = None, n_folds: int = 
             left = restricted.excluded["no_fold"]
             logger.warning("%d labelled patient(s) are in no fold of %s and are left out, e.g. %s", len(left),
                            where, left[:MAX_NAMED])
+            warn_look_alikes(left, [*restricted.patients, *ignored], f"the labelled patients in no fold of {where}",
+                             "split patient")
         if not len(restricted):
+            note = look_alike_note(look_alikes(ignored, task.patients), where, "the labels table")
             raise InputError(f"no patient of {where} has a label and inputs; check that its patient IDs match "
-                             "the labels table")
+                             f"the labels table{note}")
         table = splits[splits[PATIENT_ID].astype(str).isin(restricted.patients)][[PATIENT_ID, FOLD]]
         table = table.assign(**{PATIENT_ID: table[PATIENT_ID].astype(str)}).sort_values(PATIENT_ID)
         empty = sorted(set(splits[FOLD]) - set(table[FOLD]))
@@ -193,15 +196,21 @@ def fold_scores(task: Task, train: np.ndarray, test: np.ndarray, prediction: np.
     assert task.time is not None and task.event is not None
     t_train, e_train, t, e = task.time[train], task.event[train], task.time[test], task.event[test]
     scores["uno_c"] = uno_c_index(t_train, e_train, t, prediction, e)
-    scores["integrated_brier"] = (integrated_brier_score(t_train, e_train, t, e, survival) if survival is not None
-                                  else math.nan)
+    diverged = None
+    try:
+        scores["integrated_brier"] = (integrated_brier_score(t_train, e_train, t, e, survival)
+                                      if survival is not None else math.nan)
+    except NonFiniteSurvival as exc:
+        scores["integrated_brier"], diverged = math.nan, str(exc)
     why = {m: _why_undefined(task, test, m) for m, v in scores.items() if math.isnan(v)}
     if survival is None:
         why["integrated_brier"] = NO_CURVES
     if "uno_c" in why:
         why["uno_c"] = (f"no comparable pair with its earlier time before the horizon "
                         f"{survival_horizon(t_train):.4g} (80th percentile of training follow-up): Uno's c undefined")
-    if "integrated_brier" in why and survival is not None:
+    if diverged is not None:
+        why["integrated_brier"] = diverged
+    elif "integrated_brier" in why and survival is not None:
         why["integrated_brier"] = ("fewer than 2 times of the Brier grid fall inside the test fold's follow-up: "
                                    "integrated Brier score undefined")
     return scores, why

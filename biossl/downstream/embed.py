@@ -90,36 +90,73 @@ def _pretrain_data_config(state: dict[str, Any]) -> dict[str, Any]:
 
 
 
+def pretrained_on(state: dict[str, Any], manifest: Path, *, skip_bad: bool = False) -> str | None:
+    """``None`` if ``manifest`` is the cohort the checkpoint was pretrained on, else why it is not (for messages).
+
+    The same cohort is the same manifest file and the same data (:meth:`Cohort.fingerprint`, which covers
+    the table with its absolute file paths and every file's size and time, equal to the checkpoint's
+    ``data_fingerprint``). A manifest path the checkpoint records relative to where pretraining ran (unknown
+    here) is not compared; the fingerprint alone decides then.
+    """
+    trained_on = _pretrain_data_config(state).get("manifest")
+    if not trained_on:
+        return "the checkpoint records no manifest"
+    if Path(str(trained_on)).is_absolute() and Path(str(trained_on)).resolve() != manifest.resolve():
+        return f"the checkpoint was pretrained on another manifest ({trained_on})"
+    try:
+        same = Cohort.from_manifest(manifest, skip_bad=skip_bad).fingerprint() == state.get("data_fingerprint")
+    except InputError:
+        same = False
+    if same:
+        return None
+    if Path(str(trained_on)).is_absolute():
+        return f"manifest {manifest} or its files changed since pretraining (another data fingerprint)"
+    return f"the checkpoint was pretrained on another cohort or on files changed since ({trained_on})"
+
+
 def default_work_dir(state: dict[str, Any], manifest: Path, *, skip_bad: bool = False) -> Path:
     """The work folder of a run on ``manifest`` without ``--work-dir`` (logged, with the reason).
 
-    The checkpoint's ``data.work_dir`` only for the cohort it was pretrained on: the same manifest
-    file (resolved path) and the same cohort (:meth:`Cohort.fingerprint`, which covers the table and
-    every file's size and time, equal to the checkpoint's ``data_fingerprint``). Any other cohort gets
-    ``biossl_work`` in the current folder (``biossl_work_<manifest stem>`` if that is the checkpoint's),
-    so a new cohort never writes into, or reads from, the pretraining run's folder unless asked.
+    The checkpoint's ``data.work_dir`` only for the cohort it was pretrained on (:func:`pretrained_on`).
+    Any other cohort gets ``biossl_work`` in the current folder (``biossl_work_<manifest stem>`` if that
+    is the checkpoint's), so a new cohort never writes into, or reads from, the pretraining run's folder
+    unless asked.
     """
     data_cfg = _pretrain_data_config(state)
     theirs = Path(str(data_cfg.get("work_dir") or "biossl_work"))
-    trained_on = data_cfg.get("manifest")
-    reason = "the checkpoint records no manifest"
-    if trained_on and Path(str(trained_on)).resolve() != manifest.resolve():
-        reason = f"the checkpoint was pretrained on another manifest ({trained_on})"
-    elif trained_on:
-        try:
-            same = Cohort.from_manifest(manifest, skip_bad=skip_bad).fingerprint() == state.get("data_fingerprint")
-        except InputError:
-            same = False
-        if same:
-            logger.info("work folder %s: the checkpoint's (manifest %s is the cohort it was pretrained on)",
-                        theirs, manifest)
-            return theirs
-        reason = f"manifest {manifest} or its files changed since pretraining (another data fingerprint)"
+    reason = pretrained_on(state, manifest, skip_bad=skip_bad)
+    if reason is None:
+        logger.info("work folder %s: the checkpoint's (manifest %s is the cohort it was pretrained on)",
+                    theirs, manifest)
+        return theirs
     work = Path("biossl_work")
     if work.resolve() == theirs.resolve():
         work = Path(f"biossl_work_{manifest.stem}")
     logger.info("work folder %s (not the checkpoint's %s: %s); pass --work-dir to choose one", work, theirs, reason)
     return work
+
+
+def _checkpoint_features_dir(state: dict[str, Any], checkpoint: Path, manifest: Path, *, skip_bad: bool) -> str:
+    """The checkpoint's ``data.features_dir``, for the cohort it was pretrained on only (else ask for one).
+
+    Feature files named by a slide's stem alone (TRIDENT, CLAM) cannot be told apart from those of
+    another slide of that name, so a new cohort never reads the pretraining cohort's folder unless asked.
+
+    Raises:
+        InputError: The checkpoint records no features folder, or ``manifest`` is another cohort.
+    """
+    theirs = _pretrain_data_config(state).get("features_dir")
+    ask = "pass the folder written by `biossl cache-features` for this cohort with --features-dir"
+    if not theirs:
+        raise InputError(f"checkpoint {checkpoint} encodes slides from cached tile features: {ask}")
+    reason = pretrained_on(state, manifest, skip_bad=skip_bad)
+    if reason is not None:
+        raise InputError(f"checkpoint {checkpoint} encodes slides from cached tile features, and its features "
+                         f"folder {theirs} is the pretraining cohort's ({reason}): {ask} (it may be the same "
+                         "folder when its files are named per slide file by `biossl cache-features`)")
+    logger.info("tile features from %s: the checkpoint's (manifest %s is the cohort it was pretrained on)",
+                theirs, manifest)
+    return str(theirs)
 
 
 def _as_text(values: pd.Series) -> list[str]:
@@ -168,10 +205,7 @@ def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str 
     spec = bag_spec_of(state, modalities, checkpoint)
     data_cfg = _pretrain_data_config(state)
     if keys.WSI in modalities and str(module.modality_specs[keys.WSI].get("encoder", "")).startswith("features/"):
-        features_dir = features_dir or data_cfg.get("features_dir")
-        if not features_dir:
-            raise InputError(f"checkpoint {checkpoint} encodes slides from cached tile features: pass the folder "
-                             "written by `biossl cache-features` with --features-dir")
+        features_dir = features_dir or _checkpoint_features_dir(state, checkpoint, manifest, skip_bad=skip_bad)
     if keys.EXPRESSION in modalities and not state.get("vocabulary"):
         raise InputError(f"checkpoint {checkpoint} has an expression encoder but no gene vocabulary; "
                          "re-run pretraining with this biossl version")
@@ -468,5 +502,5 @@ def read_embeddings(path: str | Path) -> ad.AnnData:
 
 
 __all__ = ["FUSED", "BatchTransform", "LoadedCohort", "bag_spec_of", "default_work_dir", "embed_cohort",
-           "embed_dataset", "embed_loaded", "embed_views", "load_cohort", "obsm_key", "open_cohort", "read_embeddings",
-           "write_embeddings"]
+           "embed_dataset", "embed_loaded", "embed_views", "load_cohort", "obsm_key", "open_cohort", "pretrained_on",
+           "read_embeddings", "write_embeddings"]

@@ -77,7 +77,7 @@ class CohortBags:
     Args:
         checkpoint: ``.ckpt`` written by ``biossl pretrain``.
         manifest: The cohort manifest.
-        work_dir: Tile coordinates and scan cache (default: the pretraining run's, else ``biossl_work``).
+        work_dir: Tile coordinates and scan cache (default: :func:`biossl.downstream.embed.default_work_dir`).
         features_dir: Cached tile features (feature-cache checkpoints).
         skip_bad: Skip unreadable manifest rows with a warning.
         seed: Seed of the bag draws (scoring uses the draw of epoch 0, as ``biossl embed`` does).

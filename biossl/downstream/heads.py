@@ -262,8 +262,11 @@ def breslow_survival(train_risk: np.ndarray, train_time: np.ndarray, train_event
     deaths = np.array([e[t == s].sum() for s in event_times])
     cumulative = np.concatenate([[0.0], np.cumsum(deaths / at_risk)])
     h0 = cumulative[np.searchsorted(event_times, np.asarray(times, dtype=np.float64), side="right")]
-    relative = np.exp(np.asarray(risk, dtype=np.float64) - shift)
-    return np.exp(-np.outer(relative, h0))
+    # exp(-H0(t) exp(r)) in log space: a test risk far above the training ones (a weak penalty) would give
+    # exp(r) = inf and inf * 0 = NaN where H0 is still 0; here log 0 = -inf gives S = 1 there, as it should.
+    log_relative = np.asarray(risk, dtype=np.float64) - shift
+    with np.errstate(divide="ignore", over="ignore"):
+        return np.exp(-np.exp(np.log(h0)[None, :] + log_relative[:, None]))
 
 
 __all__ = ["CoxHead", "DiscreteTimeHead", "Head", "SubtypeHead", "Target", "breslow_survival", "cox_ph_loss",

@@ -164,6 +164,10 @@ def uno_c_index(train_time: Sequence[float] | np.ndarray, train_event: Sequence[
     return value if math.isfinite(value) else math.nan
 
 
+class NonFiniteSurvival(ValueError):
+    """A method's predicted survival curves hold NaN or inf (its fit diverged); the message says for how many."""
+
+
 def integrated_brier_score(train_time: Sequence[float] | np.ndarray, train_event: Sequence[float] | np.ndarray,
                            time: Sequence[float] | np.ndarray, event: Sequence[float] | np.ndarray,
                            survival: Callable[[np.ndarray], np.ndarray]) -> float:
@@ -194,9 +198,12 @@ def integrated_brier_score(train_time: Sequence[float] | np.ndarray, train_event
     if len(times) < 2:
         return math.nan
     estimate = np.asarray(survival(times), dtype=np.float64)
-    if estimate.shape != (len(t), len(times)) or not np.isfinite(estimate).all():
-        raise ValueError(f"survival curves must be finite, [n_test, n_times] = {(len(t), len(times))}; "
-                         f"got {estimate.shape}")
+    if estimate.shape != (len(t), len(times)):
+        raise ValueError(f"survival curves must be [n_test, n_times] = {(len(t), len(times))}; got {estimate.shape}")
+    if not np.isfinite(estimate).all():
+        bad = int((~np.isfinite(estimate)).any(axis=1).sum())
+        raise NonFiniteSurvival(f"the method's survival curves are not finite for {bad} of {len(t)} test patient(s) "
+                                "(a diverged fit): integrated Brier score undefined")
     clipped = np.minimum(t, train_t.max())
     try:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -206,5 +213,6 @@ def integrated_brier_score(train_time: Sequence[float] | np.ndarray, train_event
     return value if math.isfinite(value) else math.nan
 
 
-__all__ = ["BRIER_POINTS", "BRIER_START_PERCENTILE", "HORIZON_PERCENTILE", "balanced_accuracy", "brier_times",
-           "concordance_index", "integrated_brier_score", "macro_auroc", "survival_horizon", "uno_c_index"]
+__all__ = ["BRIER_POINTS", "BRIER_START_PERCENTILE", "HORIZON_PERCENTILE", "NonFiniteSurvival", "balanced_accuracy",
+           "brier_times", "concordance_index", "integrated_brier_score", "macro_auroc", "survival_horizon",
+           "uno_c_index"]

@@ -15,7 +15,7 @@ import pytest
 from biossl.cli import main
 from biossl.data.expression import read_expression
 from biossl.data.labels import read_labels
-from biossl.downstream.cv import cross_validate, folds_for
+from biossl.downstream.cv import cross_validate, fold_scores, folds_for
 from biossl.downstream.heads import DiscreteTimeHead, breslow_survival
 from biossl.downstream.methods import L2_GRID, AllFeaturesLinear, feature_frame, row_space, standardise
 from biossl.downstream.metrics import brier_times, integrated_brier_score, survival_horizon, uno_c_index
@@ -278,6 +278,41 @@ def test_breslow_curves_match_lifelines(demo: tuple[pd.DataFrame, pd.DataFrame])
     ours = breslow_survival(risk["train"], task.time[train], task.event[train], risk["test"], times)
     reference = np.asarray(model.predict_survival_function(frame["test"], times=times)).T
     np.testing.assert_allclose(ours, reference, atol=1e-8)
+
+
+def test_breslow_curves_stay_finite_for_a_test_risk_far_above_training(demo: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    # A weakly penalised fit can give a test patient a risk hundreds of nats above every training one:
+    # exp(risk) overflows, and inf * H0(t) = NaN where H0 is still 0 (seen on TCGA-HNSC site folds).
+    _, labels = demo
+    task = survival_task(labels)
+    assert task.time is not None and task.event is not None
+    train, _ = _split(task, 6)
+    rng = np.random.default_rng(0)
+    risk_train = rng.normal(size=len(train))
+    times = np.concatenate([[0.0], np.quantile(task.time[train], [0.2, 0.5, 0.8])])
+    curves = breslow_survival(risk_train, task.time[train], task.event[train], np.array([0.0, 800.0, -800.0]), times)
+    assert np.isfinite(curves).all()
+    np.testing.assert_allclose(curves[:, 0], 1.0)  # before the first event everyone survives
+    np.testing.assert_allclose(curves[1, 1:], 0.0)  # the extreme risk: gone at the first event time
+    np.testing.assert_allclose(curves[2], 1.0)
+
+
+def test_diverged_survival_curves_leave_the_brier_score_undefined_with_a_reason(
+        demo: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    _, labels = demo
+    task = survival_task(labels)
+    assert task.time is not None and task.event is not None
+    train, test = _split(task, 10)
+    curves = _km_curves(task.time[train], task.event[train], len(test))
+
+    def diverged(times: np.ndarray) -> np.ndarray:
+        out = np.array(curves(times), dtype=np.float64)
+        out[0, :] = np.nan
+        return out
+
+    scores, why = fold_scores(task, train, test, np.zeros(len(test)), diverged)
+    assert np.isnan(scores["integrated_brier"]) and "not finite for 1 of" in why["integrated_brier"]
+    assert np.isfinite(scores["c_index"])
 
 
 def test_discrete_time_curves_step_at_the_bin_edges() -> None:

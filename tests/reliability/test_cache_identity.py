@@ -235,3 +235,73 @@ def test_a_replaced_scan_with_the_old_size_and_time_is_not_served_stale(fixtures
     assert scan.stat().st_size == stat.st_size and scan.stat().st_mtime_ns == stat.st_mtime_ns
     again = VolumeCache(tmp_path / "cache", max_items=0).load(scan, spec)  # a later run, same cache folder
     assert again.shape == first.shape and not np.array_equal(again, first)
+
+
+def test_a_slide_rewritten_in_place_with_its_old_size_and_time_is_tiled_again(cohorts: tuple[Path, Path],
+                                                                              tmp_path: Path) -> None:
+    """``cp -p`` onto the same inode (size and mtime kept): one process (a notebook, a worker) tiles it again."""
+    a, b = (m.parent / "slide.svs" for m in cohorts)
+    size = max(a.stat().st_size, b.stat().st_size)
+    for slide in (a, b):  # trailing bytes after a TIFF are ignored by readers: same size, other content
+        with open(slide, "ab") as fh:
+            fh.write(b"\0" * (size - slide.stat().st_size))
+    out = tmp_path / "out"
+    assert main(["tile", str(a), "--out", str(out), "--no-progress"]) == 0
+    stat = a.stat()
+    with open(a, "r+b") as fh:  # rewritten in place: same inode
+        fh.write(b.read_bytes())
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (a.stat().st_ino, a.stat().st_size, a.stat().st_mtime_ns) == (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    assert main(["tile", str(a), "--out", str(out), "--no-progress"]) == 0
+    assert slide_key(a) == f"slide.{file_fingerprint(b)[:10]}"
+    assert len(list(out.glob("*.h5"))) == 2  # the new content got its own tiles
+
+
+def test_cache_features_after_a_rescan_reads_the_new_tiles(cohorts: tuple[Path, Path], tmp_path: Path) -> None:
+    """Tile, cache features, re-scan in place, tile again: cache-features skips the old coordinates file."""
+    a, b = (m.parent / "slide.svs" for m in cohorts)
+    coords, feats = tmp_path / "coords", tmp_path / "features"
+    encoder = ["--encoder", "image/vit_tiny", "--encoder-arg", "img_size=32", "--encoder-arg", "patch_size=8",
+               "--num-workers", "0", "--no-progress"]
+    assert main(["tile", str(a), "--out", str(coords), "--no-progress"]) == 0
+    assert main(["cache-features", str(coords), "--out", str(feats), *encoder]) == 0
+    shutil.copy2(b, a)  # re-scanned in place
+    assert main(["tile", str(a), "--out", str(coords), "--no-progress"]) == 0  # the advice of the refusal
+    assert main(["cache-features", str(coords), "--out", str(feats), *encoder]) == 0
+    with h5py.File(feats / f"{slide_key(a)}.h5", "r") as f:
+        assert f.attrs["slide_fingerprint"] == file_fingerprint(b)
+
+
+def test_an_external_cohort_never_reads_the_checkpoints_features_by_name(cohorts: tuple[Path, Path], tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """TRIDENT-style ``<stem>.h5`` (no fingerprint): the checkpoint's folder serves only its own cohort."""
+    a_manifest, b_manifest = cohorts
+    config = tmp_path / "features.yaml"
+    config.write_text("trainer: {max_steps: 1, enable_progress_bar: false, enable_model_summary: false}\n"
+                      "model: {modalities: {wsi: {encoder: features/mlp, embed_dim: 16}}, embed_dim: 16, "
+                      "warmup_steps: 1}\ndata: {batch_size: 2, spec: {tiles: 2, modalities: [wsi]}}\n")
+    feats = tmp_path / "features"
+    feats.mkdir()
+    with h5py.File(feats / "slide.h5", "w") as f:  # A's features, as another tool writes them
+        f.create_dataset("features", data=np.random.default_rng(0).normal(size=(3, 8)).astype(np.float16))
+        f.create_dataset("coords", data=np.array([[0, 0], [256, 0], [512, 256]], np.int64))
+    assert main(["pretrain", "--config", str(config), "--data.manifest", str(a_manifest), "--data.features_dir",
+                 str(feats), "--data.work_dir", str(tmp_path / "work"),
+                 "--trainer.default_root_dir", str(tmp_path / "run")]) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    assert main(["embed", "--checkpoint", str(checkpoint), "--manifest", str(b_manifest), "--work-dir",
+                 str(tmp_path / "w"), "--out", str(tmp_path / "b.h5ad")]) == 2
+    err = capsys.readouterr().err
+    assert f"its features folder {feats} is the pretraining cohort's" in err and "--features-dir" in err
+    assert not (tmp_path / "b.h5ad").exists()
+    larger = tmp_path / "larger"
+    larger.mkdir()
+    with h5py.File(larger / "slide.h5", "w") as f:  # tiles beyond B's 1280×768 px: of another, larger slide
+        f.create_dataset("features", data=np.zeros((3, 8), np.float16))
+        f.create_dataset("coords", data=np.array([[0, 0], [256, 0], [4096, 2048]], np.int64))
+    assert main(["embed", "--checkpoint", str(checkpoint), "--manifest", str(b_manifest), "--work-dir",
+                 str(tmp_path / "w"), "--features-dir", str(larger), "--out", str(tmp_path / "b.h5ad")]) == 2
+    assert "list tiles outside slide" in capsys.readouterr().err
+    assert main(["embed", "--checkpoint", str(checkpoint), "--manifest", str(a_manifest), "--out",
+                 str(tmp_path / "a.h5ad")]) == 0  # A's own cohort: the checkpoint's folders

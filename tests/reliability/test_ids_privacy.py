@@ -9,6 +9,8 @@ Every case runs through the CLI on real files (the TCGA-KIRC extract, the demo c
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import anndata as ad
@@ -294,3 +296,138 @@ def test_a_bad_label_is_blamed_on_its_own_row(column: str, value: str, shown: st
     others = [line.split(",")[0] for i, line in enumerate(lines[1:], start=2) if i != 13]
     assert not any(f"'{p}'" in err for p in others)
     assert not (tmp_path / "r.json").exists()
+
+
+# -- review: variants of the above ------------------------------------------------------------------------
+def _numbered(embedded: Path, folder: Path, ids: list[str]) -> Path:
+    """The demo embeddings with patients renamed to ``ids`` (zero-padded numbers, as a registry writes them)."""
+    adata = ad.read_h5ad(embedded)
+    adata.obs_names = ids
+    path = folder / "numbered.h5ad"
+    adata.write_h5ad(path)
+    return path
+
+
+def test_labels_saved_by_a_spreadsheet_that_dropped_leading_zeros_are_named(
+    embedded: Path, demo_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """Patients ``0001 .. 0024``, labels ``1 .. 24``: the error says which ID looks like which.
+
+    And the silent variant: patients ``0012`` and ``12`` both embedded, the labels hold ``12`` only (the row
+    of ``0012`` once its zeros were dropped): a warning names ``0012``.
+    """
+    n = ad.read_h5ad(embedded).n_obs
+    padded = [f"{i:04d}" for i in range(1, n + 1)]
+    emb = _numbered(embedded, tmp_path, padded)
+    labels = pd.read_csv(demo_cohort / "labels.csv").head(n)
+    labels["patient_id"] = [str(int(p)) for p in padded]  # what a spreadsheet writes back
+    labels.to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
+    code = main(["finetune", "--embeddings", str(emb), "--labels", str(tmp_path / "labels.tsv"), "--task", "subtype",
+                 "--label-column", "subtype", "--out", str(tmp_path / "r.json")])
+    _one_line_exit_2(code, capsys, "not in the embeddings", "'1' of the labels table looks like '0001'",
+                     "leading zeros")
+    # Both 0012 and 12 exist; the labels name 12 only: matched, with a warning naming 0012.
+    ids = [*padded[:-1], "12"]
+    emb = _numbered(embedded, tmp_path, ids)
+    labels.head(n - 1).assign(patient_id=[p for p in ids if p != "0012"]).to_csv(tmp_path / "labels.csv", index=False)
+    with caplog.at_level("WARNING"):
+        assert main(["finetune", "--embeddings", str(emb), "--labels", str(tmp_path / "labels.csv"), "--task",
+                     "subtype", "--label-column", "subtype", "--out", str(tmp_path / "r.json")]) == 0
+    assert "'0012' (looks like the labelled patient '12')" in caplog.text
+
+
+def test_split_file_ids_written_as_numbers_are_named(embedded: Path, demo_cohort: Path, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A split file whose ``0012`` became ``12.0``: that patient is in no fold, and the warning says why."""
+    n = ad.read_h5ad(embedded).n_obs
+    padded = [f"{i:04d}" for i in range(1, n + 1)]
+    emb = _numbered(embedded, tmp_path, padded)
+    labels = pd.read_csv(demo_cohort / "labels.csv").head(n).assign(patient_id=padded)
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    splits = pd.DataFrame({"patient_id": padded, "fold": [i % 2 for i in range(n)]})
+    splits.loc[splits["patient_id"] == "0012", "patient_id"] = "12.0"
+    splits.to_csv(tmp_path / "splits.csv", index=False)
+    with caplog.at_level("WARNING"):
+        assert main(["finetune", "--embeddings", str(emb), "--labels", str(tmp_path / "labels.csv"), "--task",
+                     "subtype", "--label-column", "subtype", "--splits", str(tmp_path / "splits.csv"), "--out",
+                     str(tmp_path / "r.json")]) == 0
+    assert "'0012' (looks like the split patient '12.0')" in caplog.text
+
+
+def test_labels_with_a_patient_id_column_beside_the_id_column_stop_with_one_line(
+    embedded: Path, demo_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--id-column case_id`` and a ``patient_id`` column too: was an ``IndexError`` traceback."""
+    labels = pd.read_csv(demo_cohort / "labels.csv")
+    labels["case_id"] = labels["patient_id"]
+    labels["patient_id"] = "P-" + labels["patient_id"]
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    code = main(["finetune", "--embeddings", str(embedded), "--labels", str(tmp_path / "labels.csv"), "--id-column",
+                 "case_id", "--task", "subtype", "--label-column", "subtype", "--out", str(tmp_path / "r.json")])
+    _one_line_exit_2(code, capsys, "'patient_id' column beside its patient column 'case_id'")
+
+
+def test_pseudonymize_drops_barcode_parts_and_keeps_the_label_list(
+    pretrained: tuple[Path, Path], demo_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``A3-3316`` (site + participant of TCGA-A3-3316) and ``3316`` name the patient; the kept labels stay listed."""
+    checkpoint, work = pretrained
+    labels = pd.read_csv(demo_cohort / "labels.csv")
+    cases = pd.read_csv(demo_cohort / "manifest.csv").groupby("patient_id")["tcga_case"].first()
+    case = labels["patient_id"].map(cases)
+    labels["note"] = "seen at " + case.str[5:]  # without the TCGA- prefix
+    labels["participant"] = ("#" + case.str[8:]).str[1:]  # the participant code alone, as text
+    labels[labels["patient_id"][0]] = 1.0  # a label named after a patient
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    monkeypatch.setenv("BIOSSL_SALT", SALT)
+    out = tmp_path / "pseudo.h5ad"
+    assert main(["embed", "--checkpoint", str(checkpoint), "--manifest", str(demo_cohort / "manifest.csv"),
+                 "--labels", str(tmp_path / "labels.csv"), "--work-dir", str(work), "--out", str(out),
+                 "--pseudonymize"]) == 0
+    data = out.read_bytes().lower()
+    for value in case.dropna().str[5:]:  # (4 digits alone may occur by chance in the binary data)
+        assert value.lower().encode() not in data, value
+    pseudo = ad.read_h5ad(out)
+    assert not {"note", "participant"} & set(pseudo.obs.columns)
+    assert list(pseudo.uns["biossl"]["label_columns"]) == ["subtype", "time", "event"]
+
+
+def test_pseudonymize_drops_copies_of_numeric_ids_whatever_their_type(embedded: Path) -> None:
+    """Patients ``0012``-style: a text, categorical or number column copying each row's ID is dropped."""
+    from biossl.privacy import pseudonymize_obs
+
+    adata = ad.read_h5ad(embedded)
+    ids = [f"{i:04d}" for i in range(adata.n_obs)]
+    adata.obs_names = ids
+    adata.obs["site"] = pd.Categorical(ids)  # the ids, as a categorical
+    adata.obs["batch"] = [str(int(i)) for i in ids]  # the ids without their zeros
+    adata.obs["scanner"] = [float(i) for i in ids]  # the ids as numbers
+    adata.obs["intensity"] = ids  # the ids as text
+    adata.obs["event"] = [i % 2 for i in range(adata.n_obs)]
+    adata.uns["biossl"]["label_columns"] = [*adata.uns["biossl"]["label_columns"], "event"]
+    out = pseudonymize_obs(adata, SALT.encode())
+    assert "event" in out.obs.columns
+    assert not {"site", "batch", "scanner", "intensity"} & set(out.obs.columns)
+
+
+def test_pseudonymized_reports_hide_file_names_holding_an_id(
+    embedded: Path, demo_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``finetune`` / ``audit --pseudonymize`` recorded input file names (``labels_DEMO-04.csv``) as given."""
+    emb = tmp_path / "emb_of_DEMO-03.h5ad"
+    shutil.copy(embedded, emb)
+    labels = tmp_path / "labels_DEMO-04.csv"
+    shutil.copy(demo_cohort / "labels.csv", labels)
+    monkeypatch.setenv("BIOSSL_SALT", SALT)
+    out = tmp_path / "r.json"
+    assert main(["finetune", "--embeddings", str(emb), "--labels", str(labels), "--task", "subtype",
+                 "--label-column", "subtype", "--pseudonymize", "--out", str(out)]) == 0
+    audit = tmp_path / "audit"
+    assert main(["audit", "--embeddings", str(emb), "--columns", "site", "--folds", "2", "--pseudonymize",
+                 "--out", str(audit)]) in (0, 1)
+    for path in (out, audit / "audit.json", audit / "report.html"):
+        data = path.read_bytes()
+        assert b"DEMO-03" not in data and b"DEMO-04" not in data, path
+    assert "/inputs/labels" in json.loads(out.read_text())["pseudonymized_hidden"]

@@ -462,3 +462,29 @@ def test_temporaries_of_an_earlier_biossl_go_once_a_day_old(tmp_path: Path) -> N
     os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     assert bio.remove_dead_temporaries(tmp_path / "x.json") == [old]
     assert sorted(os.listdir(tmp_path)) == [recent.name]
+
+
+@pytest.mark.parametrize(("name", "value"), [("OMP_NUM_THREADS", "abc"), ("OMP_NUM_THREADS", "1.5"),
+                                             ("NUMEXPR_NUM_THREADS", "x")])
+def test_a_malformed_thread_variable_is_one_line_before_any_import(name: str, value: str, demo_cohort: Path) -> None:
+    """numexpr read ``OMP_NUM_THREADS=abc`` as a number at pandas' import: a ``ValueError`` traceback."""
+    done = subprocess.run(_cli("cohort", str(demo_cohort / "manifest.csv")), capture_output=True, text=True,
+                          env=_env(**{name: value}), timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"biossl cohort: error: environment variable {name}=")
+
+
+@pytest.mark.usefixtures("fresh_threads")
+def test_absurd_thread_counts_are_refused_before_any_thread_starts(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``BIOSSL_NUM_THREADS=100000`` ended in ``MemoryError`` (or a failed ``mmap`` at the next import)."""
+    monkeypatch.setenv(threads.THREADS_ENV, "100000")
+    assert main(["list", "objectives"]) == 2
+    assert "more threads than this machine can use" in capsys.readouterr().err
+    monkeypatch.delenv(threads.THREADS_ENV)
+    with pytest.raises(SystemExit) as exc:
+        main(["--threads", "99999", "list", "objectives"])
+    assert exc.value.code == 2 and "more threads than this machine can use" in capsys.readouterr().err
+    monkeypatch.setenv("OMP_NUM_THREADS", "100000")  # someone else's variable: capped, with a warning
+    assert threads.choose_threads().n == threads.max_threads()

@@ -191,3 +191,31 @@ def test_a_placeholder_resolution_counts_as_no_mpp(shared_data: Path, tmp_path: 
     assert run(["tile", str(boxes), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "boxes.tiff has no µm/px (MPP) metadata (it records 352.778 µm/px, outside the plausible range" in err
+
+
+def test_one_slide_file_given_two_mpp_values_is_refused(slides: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two rows naming one scan (a copy or hard link of the same name, or one file by two paths) get one µm/px.
+
+    A copy shares its tile set (tiles are named by the slide's name and content), so P2 given 0.25 µm/px
+    was silently tiled at P1's 0.5; ``biossl cohort`` passed one file named by a relative and an
+    absolute path with two values (pretraining refused it).
+    """
+    _, no_mpp = slides
+    for folder in ("h1", "h2"):
+        (tmp_path / folder).mkdir()
+    shutil.copy2(no_mpp, tmp_path / "h1" / "s.svs")
+    (tmp_path / "h2" / "s.svs").hardlink_to(tmp_path / "h1" / "s.svs")
+    m = manifest(tmp_path, [("P1", "h1/s.svs"), ("P2", "h2/s.svs")], slide_mpp=["0.5", "0.25"])
+    (tmp_path / "wsi.yaml").write_text(WSI_ONLY)
+    argv = ["pretrain", "--config", str(tmp_path / "wsi.yaml"), "--data.manifest", str(m),
+            "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(tmp_path / "run")]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert "h2/s.svs has the content of slide" in err and "(0.25 µm/px, and 0.5 µm/px for" in err
+    assert not list((tmp_path / "work").rglob("*.h5"))
+    m = manifest(tmp_path, [("P1", "h1/s.svs"), ("P2", str(tmp_path / "h1" / "s.svs"))], slide_mpp=["0.5", "0.25"])
+    assert run(["cohort", str(m)]) == 2
+    assert "slide_mpp 0.25 differs from row 2's 0.5 for the same slide" in capsys.readouterr().err
+    assert run(["tile", str(tmp_path / "h1" / "s.svs"), str(tmp_path / "h2" / "s.svs"), "--out",
+                str(tmp_path / "out"), "--slide-mpp", "0.5", "--no-progress"]) == 0  # one value: fine
