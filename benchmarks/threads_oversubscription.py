@@ -65,14 +65,18 @@ def run_jobs(n_jobs: int, work: Path, out: Path, steps: int, env: dict[str, str]
         proc = subprocess.Popen(_pretrain(work, out / f"run{i}", steps), stdout=log, stderr=subprocess.STDOUT,
                                 env=env, cwd=ROOT)
         procs.append((proc, t0, log, out / f"job{i}.log"))
-    seconds = []
-    for proc, t0, log, path in procs:
-        code = proc.wait()
-        seconds.append(time.perf_counter() - t0)
+    done: dict[int, float] = {}
+    while len(done) < len(procs):  # each job's own end, whichever finishes first
+        for i, (proc, t0, _, _) in enumerate(procs):
+            if i not in done and proc.poll() is not None:
+                done[i] = time.perf_counter() - t0
+        time.sleep(0.05)
+    for proc, _, log, path in procs:
         log.close()
-        if code:
-            sys.exit(f"job failed ({code}); see {path}:\n" + "".join(path.read_text().splitlines(True)[-20:]))
-    return seconds
+        if proc.returncode:
+            tail = "".join(path.read_text().splitlines(True)[-20:])
+            sys.exit(f"job failed ({proc.returncode}); see {path}:\n{tail}")
+    return [done[i] for i in range(len(procs))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,7 +143,7 @@ def pseudonymize_obs(adata: Any, salt: bytes, *, keep: Iterable[str] = ()) -> An
         "removed_uns": removed}}
     if dropped:
         logger.info("pseudonymised %d patients; dropped obs columns %s", len(ids), ", ".join(dropped))
-    held = [named[c] for c, why in reasons.items() if "identifiers" in why or "identifier" in why]
+    held = [named[c] for c, why in reasons.items() if "identifier" in why]
     if held:
         logger.warning("pseudonymised export: dropped column(s) %s: they hold patient identifiers", ", ".join(held))
     if removed:
@@ -296,8 +296,9 @@ def _scrub_uns(uns: Any, found: Identifiers, where: str = "uns") -> list[str]:
     removed: list[str] = []
     for key in list(uns.keys()):
         value = uns[key]
-        path = f"{where}/{_HIDDEN_NAME if found.in_text(str(key)) else key}"
-        if found.in_text(str(key)):
+        key_holds = found.in_text(str(key))
+        path = f"{where}/{_HIDDEN_NAME if key_holds else key}"
+        if key_holds:
             del uns[key]
             removed.append(path)
         elif isinstance(value, Mapping) and hasattr(value, "keys"):

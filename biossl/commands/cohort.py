@@ -14,7 +14,6 @@ import pandas as pd
 
 from biossl.commands.tile import parse_mpp
 from biossl.data.cohort import OVERRIDE_SLIDE_MPP, SLIDE_MPP, Cohort
-from biossl.data.tiling import manifest_slide_mpp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
                                   require_slide_mpp=True, slide_mpp=args.slide_mpp)
     # One slide file named by two rows (a relative and an absolute path, say) must get one µm/px, as tiling needs.
     for column in (SLIDE_MPP, OVERRIDE_SLIDE_MPP):
-        manifest_slide_mpp(cohort.table, None, manifest=args.manifest, column=column)
+        if column in cohort.table.columns:
+            from biossl.data.tiling import manifest_slide_mpp  # openslide and skimage only for such a manifest
+
+            manifest_slide_mpp(cohort.table, None, manifest=args.manifest, column=column)
     summary = cohort.summary()
     table = cohort.table
     with pd.option_context("display.max_rows", None, "display.width", 200):

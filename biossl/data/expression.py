@@ -390,7 +390,8 @@ def _table_to_adata(
         )
     if df[pcol].isna().any():
         row = int(np.flatnonzero(df[pcol].isna().to_numpy())[0])
-        raise ExpressionError(f"{path}: patient column {pcol!r} is empty in row {row + 2} (line in the file)")
+        raise ExpressionError(f"{path}: patient column {pcol!r} is empty in row {row + 2} (header = row 1); "
+                              "give every row its patient id, or delete the row")
     if genes is None and any(c.endswith(TCGA_GENE_SUFFIX) for c in columns):
         genes = TCGA_GENE_SUFFIX
     if genes is not None:
@@ -412,7 +413,8 @@ def _table_to_adata(
     patients = _id_text(obs[pcol])
     if (patients == "").any():
         row = int(np.flatnonzero((patients == "").to_numpy())[0])
-        raise ExpressionError(f"{path}: patient column {pcol!r} is empty in row {row + 2} (line in the file)")
+        raise ExpressionError(f"{path}: patient column {pcol!r} is empty in row {row + 2} (header = row 1); "
+                              "give every row its patient id, or delete the row")
     obs[PATIENT_ID] = patients.to_numpy()
     index = patients + "#" + patients.groupby(patients).cumcount().astype(str)
     obs.index = pd.Index(np.where(patients.duplicated(keep=False), index, patients), dtype=str)

@@ -99,9 +99,4 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
     return file_identity(path).fingerprint
 
 
-def cache_stem(path: str | os.PathLike[str]) -> str:
-    """``<file stem>.<first 10 hex digits of its fingerprint>``: the name of the file's cache entries."""
-    return f"{Path(path).stem}.{file_identity(path).short}"
-
-
-__all__ = ["FileIdentity", "cache_stem", "file_fingerprint", "file_identity"]
+__all__ = ["FileIdentity", "file_fingerprint", "file_identity"]

@@ -48,10 +48,11 @@ def column_name(name: object) -> str:
 def id_text(value: object) -> object:
     """An ID cell as text: stripped; a whole number stored as a float (Parquet ``12.0``) as ``"12"``.
 
-    Missing values (``None``, NaN) stay missing. Text is never re-read as a number, so ``"0012"``
-    stays ``"0012"``.
+    Missing values (``None``, NaN, ``pd.NA`` of a Parquet string or integer column) stay missing. Text is
+    never re-read as a number, so ``"0012"`` stays ``"0012"``.
     """
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, (float, np.floating))
+                                                              and np.isnan(value)):
         return value
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))

@@ -223,7 +223,12 @@ def slide_key(path: str | os.PathLike[str]) -> str:
     Raises:
         SlideError: The slide cannot be read.
     """
-    return f"{Path(path).stem}.{_identity(Path(path)).short}"
+    return _key(Path(path), _identity(Path(path)))
+
+
+def _key(path: Path, identity: FileIdentity) -> str:
+    """:func:`slide_key` of a slide whose identity is known."""
+    return f"{path.stem}.{identity.short}"
 
 
 def output_paths(out_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -606,7 +611,7 @@ def tile_slides(
         except SlideError as exc:
             problems.append(str(exc))
             continue
-        key = f"{path.stem}.{identity.short}"
+        key = _key(path, identity)
         first_of.setdefault(key, path)
         try:
             with Slide(path, slide_mpp=mpp_of(path), override_mpp=override_of(path), require_mpp=False) as slide:
@@ -637,7 +642,7 @@ def tile_slides(
     results: list[TilingResult] = []
     blank: list[str] = []
     for path in tqdm(slides, desc="tiling", unit="slide", disable=not progress):
-        key = f"{path.stem}.{identities[path].short}"
+        key = _key(path, identities[path])
         if first_of[key] != path:  # a copy of a slide of this run (same name and content): its tiles are the same
             done = [r for r in results if r.slide == first_of[key]]
             results += [replace(r, slide=path, reused=True) for r in done]

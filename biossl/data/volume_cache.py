@@ -1,11 +1,12 @@
 """Cache of preprocessed volumes, so a scan is decompressed and resampled at most once per epoch.
 
 Entries are keyed by the scan's absolute path, its modification time, size and content fingerprint
-(:func:`biossl.data.identity.file_fingerprint`; for a DICOM folder: the name, size and modification
-time of each of its files) and :meth:`VolumeSpec.digest`, so editing or replacing a file (also by a
-copy that keeps the old time, or one of the same size) or changing an option never serves a stale
-array. Arrays live in an in-memory LRU and, when ``cache_dir`` is set, as ``<key>.npy`` files written
-atomically, which DataLoader workers and later epochs or runs share.
+(:func:`biossl.data.identity.file_fingerprint`; for a DICOM folder: the name, size, modification and
+status-change time of each of its files, the last of which no copy can set back) and
+:meth:`VolumeSpec.digest`, so editing or replacing a file (also by a copy that keeps the old time, or
+one of the same size) or changing an option never serves a stale array. Arrays live in an in-memory
+LRU and, when ``cache_dir`` is set, as ``<key>.npy`` files written atomically, which DataLoader
+workers and later epochs or runs share.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ Loader = Callable[[Path, VolumeSpec], np.ndarray]
 
 
 def _fingerprint(path: Path) -> str:
-    """What identifies a scan's content: a file's mtime, size and content fingerprint; each file of a folder's."""
+    """What identifies a scan's content: a file's mtime, size and content fingerprint; each file of a folder's.
+
+    A folder's files are not read (a series has hundreds): their ctime stands for their content, as it changes
+    with every rewrite, also one that restores the old size and mtime (``cp -p``, ``touch -r``).
+    """
     if not path.is_dir():
         stat = path.stat()
         return f"{stat.st_mtime_ns}\0{stat.st_size}\0{file_fingerprint(path)}"
     files = sorted((p.name, p.stat()) for p in path.iterdir() if p.is_file())
-    return "\n".join(f"{name}\0{s.st_mtime_ns}\0{s.st_size}" for name, s in files) + f"\n{path.stat().st_mtime_ns}"
+    entries = (f"{name}\0{s.st_mtime_ns}\0{s.st_ctime_ns}\0{s.st_size}" for name, s in files)
+    return "\n".join(entries) + f"\n{path.stat().st_mtime_ns}"
 
 
 class VolumeCache:

@@ -97,6 +97,29 @@ def test_dicom_folder_key_changes_when_a_slice_changes(fixtures: Path, tmp_path:
     assert cache.key(folder, SPEC) != before
 
 
+
+def test_dicom_folder_key_changes_when_a_slice_is_rewritten_with_its_old_size_and_time(fixtures: Path,
+                                                                                        tmp_path: Path) -> None:
+    """``cp`` of another slice of the same size onto one, then ``touch -r``: only the ctime tells."""
+    folder = tmp_path / "series"
+    shutil.copytree(fixtures / "volume" / "CT_DICOM", folder)
+    slices = sorted(p for p in folder.iterdir() if p.is_file())
+    sizes: dict[int, list[Path]] = {}
+    for p in slices:
+        sizes.setdefault(p.stat().st_size, []).append(p)
+    same = next((group for group in sizes.values() if len(group) > 1), None)
+    if same is None:
+        pytest.skip("no two slices of one size in the fixture")
+    target, other = same[:2]
+    cache = VolumeCache()
+    before = cache.key(folder, SPEC)
+    old = target.stat()
+    target.write_bytes(other.read_bytes())
+    os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.utime(folder, ns=(folder.stat().st_atime_ns, folder.stat().st_mtime_ns))
+    assert target.stat().st_size == old.st_size and target.stat().st_mtime_ns == old.st_mtime_ns
+    assert cache.key(folder, SPEC) != before
+
 def test_corrupt_cache_file_is_recomputed(
     scan: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
