@@ -50,6 +50,40 @@ data:
 """
 
 
+#: One-step pretraining of a tiny slide encoder only (cohorts of slides).
+WSI_ONLY_PRETRAIN = """\
+seed_everything: 0
+trainer: {max_steps: 1, enable_model_summary: false, enable_progress_bar: false}
+model:
+  modalities:
+    wsi: {encoder: image/vit_tiny, spatial_dims: 2, in_channels: 3, img_size: 32, patch_size: 8}
+  embed_dim: 32
+  warmup_steps: 1
+data:
+  batch_size: 2
+  spec: {modalities: [wsi], tiles: 2, tile_px: 32}
+"""
+
+#: One-step pretraining of the slide modality on cached tile features (``--data.features_dir``).
+FEATURES_PRETRAIN = (
+    "trainer: {max_steps: 1, enable_progress_bar: false, enable_model_summary: false}\n"
+    "model: {modalities: {wsi: {encoder: features/mlp, embed_dim: 16}}, embed_dim: 16, warmup_steps: 1}\n"
+    "data: {batch_size: 2, spec: {tiles: 2, modalities: [wsi]}}\n"
+)
+
+
+@pytest.fixture(scope="session")
+def wsi_only_config() -> str:
+    """:data:`WSI_ONLY_PRETRAIN` as text."""
+    return WSI_ONLY_PRETRAIN
+
+
+@pytest.fixture(scope="session")
+def features_config() -> str:
+    """:data:`FEATURES_PRETRAIN` as text."""
+    return FEATURES_PRETRAIN
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrain_config() -> str:
     """:data:`TINY_PRETRAIN` as text, for tests that write their own variant (``str.replace`` a value)."""

@@ -22,18 +22,6 @@ from biossl.data.tiling import output_paths
 from biossl.errors import InputError, SlideError
 
 SPEC = BagSpec(tiles=2, tile_px=32, modalities=("wsi",))
-WSI_ONLY = """\
-seed_everything: 0
-trainer: {max_steps: 1, enable_model_summary: false, enable_progress_bar: false}
-model:
-  modalities:
-    wsi: {encoder: image/vit_tiny, spatial_dims: 2, in_channels: 3, img_size: 32, patch_size: 8}
-  embed_dim: 32
-  warmup_steps: 1
-data:
-  batch_size: 2
-  spec: {modalities: [wsi], tiles: 2, tile_px: 32}
-"""
 
 
 @pytest.fixture()
@@ -94,8 +82,8 @@ def test_slides_tiled_with_slide_mpp_are_reused(cohort: Path, tmp_path: Path,
         BagDataModule(cohort, work_dir=tmp_path / "work", spec=SPEC, slide_mpp=0.25).prepare_data()
 
 
-def test_pretrain_cli_takes_data_slide_mpp(cohort: Path, tmp_path: Path) -> None:
-    (tmp_path / "wsi.yaml").write_text(WSI_ONLY)
+def test_pretrain_cli_takes_data_slide_mpp(cohort: Path, tmp_path: Path, wsi_only_config: str) -> None:
+    (tmp_path / "wsi.yaml").write_text(wsi_only_config)
     argv = ["pretrain", "--config", str(tmp_path / "wsi.yaml"), "--data.manifest", str(cohort),
             "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(tmp_path / "run")]
     assert main([*argv, "--data.slide_mpp", "0.5"]) == 0

@@ -154,14 +154,12 @@ def test_two_tile_runs_on_one_folder_never_delete_a_live_temporary(fixtures: Pat
 
 
 def test_features_of_another_slide_of_the_same_name_are_refused(cohorts: tuple[Path, Path], tmp_path: Path,
-                                                                tiny_pretrain_config: str,
+                                                                tiny_pretrain_config: str, features_config: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Feature files named by stem only (TRIDENT/CLAM, older biossl) are checked against the slide they serve."""
     a, b = (m.parent / "slide.svs" for m in cohorts)
     config = tmp_path / "features.yaml"
-    config.write_text("trainer: {max_steps: 1, enable_progress_bar: false, enable_model_summary: false}\n"
-                      "model: {modalities: {wsi: {encoder: features/mlp, embed_dim: 16}}, embed_dim: 16, "
-                      "warmup_steps: 1}\ndata: {batch_size: 2, spec: {tiles: 2, modalities: [wsi]}}\n")
+    config.write_text(features_config)
     feats = tmp_path / "features"
     feats.mkdir()
 
@@ -273,13 +271,12 @@ def test_cache_features_after_a_rescan_reads_the_new_tiles(cohorts: tuple[Path, 
 
 
 def test_an_external_cohort_never_reads_the_checkpoints_features_by_name(cohorts: tuple[Path, Path], tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                                                        capsys: pytest.CaptureFixture[str],
+                                                                        features_config: str) -> None:
     """TRIDENT-style ``<stem>.h5`` (no fingerprint): the checkpoint's folder serves only its own cohort."""
     a_manifest, b_manifest = cohorts
     config = tmp_path / "features.yaml"
-    config.write_text("trainer: {max_steps: 1, enable_progress_bar: false, enable_model_summary: false}\n"
-                      "model: {modalities: {wsi: {encoder: features/mlp, embed_dim: 16}}, embed_dim: 16, "
-                      "warmup_steps: 1}\ndata: {batch_size: 2, spec: {tiles: 2, modalities: [wsi]}}\n")
+    config.write_text(features_config)
     feats = tmp_path / "features"
     feats.mkdir()
     with h5py.File(feats / "slide.h5", "w") as f:  # A's features, as another tool writes them

@@ -25,19 +25,6 @@ import pytest
 from biossl.cli import main
 from biossl.data.tiling import output_paths
 
-WSI_ONLY = """\
-seed_everything: 0
-trainer: {max_steps: 1, enable_model_summary: false, enable_progress_bar: false}
-model:
-  modalities:
-    wsi: {encoder: image/vit_tiny, spatial_dims: 2, in_channels: 3, img_size: 32, patch_size: 8}
-  embed_dim: 32
-  warmup_steps: 1
-data:
-  batch_size: 2
-  spec: {modalities: [wsi], tiles: 2, tile_px: 32}
-"""
-
 
 def run(argv: list[str]) -> int:
     """``biossl`` in-process; argparse's refusals (exit 2) are returned like the others."""
@@ -154,9 +141,9 @@ def test_absurd_mpp_is_refused_before_any_work(slides: tuple[Path, Path], tmp_pa
 
 
 def test_pretraining_refuses_absurd_data_slide_mpp_and_names_the_row_of_a_slide_without_mpp(
-        slides: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        slides: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], wsi_only_config: str) -> None:
     m = manifest(tmp_path, [("P1", "no_mpp.svs"), ("P2", "with_mpp.svs")])
-    (tmp_path / "wsi.yaml").write_text(WSI_ONLY)
+    (tmp_path / "wsi.yaml").write_text(wsi_only_config)
     argv = ["pretrain", "--config", str(tmp_path / "wsi.yaml"), "--data.manifest", str(m),
             "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(tmp_path / "run")]
     assert run(argv) == 2
@@ -194,7 +181,8 @@ def test_a_placeholder_resolution_counts_as_no_mpp(shared_data: Path, tmp_path: 
 
 
 def test_one_slide_file_given_two_mpp_values_is_refused(slides: tuple[Path, Path], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        wsi_only_config: str) -> None:
     """Two rows naming one scan (a copy or hard link of the same name, or one file by two paths) get one µm/px.
 
     A copy shares its tile set (tiles are named by the slide's name and content), so P2 given 0.25 µm/px
@@ -207,7 +195,7 @@ def test_one_slide_file_given_two_mpp_values_is_refused(slides: tuple[Path, Path
     shutil.copy2(no_mpp, tmp_path / "h1" / "s.svs")
     (tmp_path / "h2" / "s.svs").hardlink_to(tmp_path / "h1" / "s.svs")
     m = manifest(tmp_path, [("P1", "h1/s.svs"), ("P2", "h2/s.svs")], slide_mpp=["0.5", "0.25"])
-    (tmp_path / "wsi.yaml").write_text(WSI_ONLY)
+    (tmp_path / "wsi.yaml").write_text(wsi_only_config)
     argv = ["pretrain", "--config", str(tmp_path / "wsi.yaml"), "--data.manifest", str(m),
             "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(tmp_path / "run")]
     assert run(argv) == 2
