@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -55,10 +56,10 @@ from tqdm import tqdm
 from biossl.data.cohort import ROW, SLIDE_MPP
 from biossl.data.identity import FileIdentity, file_identity
 from biossl.data.keys import MODALITY, PATH, PATIENT_ID, WSI
-from biossl.data.tissue import TissueMask, detect_tissue, write_thumbnail
+from biossl.data.tissue import TissueMask, detect_tissue, thumbnail, write_thumbnail
 from biossl.data.wsi import Slide, check_mpp, describe_mpp, disagreement, missing_mpp_message, mpp_problem
 from biossl.errors import ManifestError, SlideError
-from biossl.io import atomic_h5
+from biossl.io import atomic_outputs, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -349,11 +350,11 @@ def tile_slide(
         coords, fractions = coords[keep], fractions[keep]
         ds = slide.level_downsamples[level]
         check_tiles_decode(slide, coords, level=level, read_size=read_size)
-        write_thumbnail(thumb_path, tissue, coords, read_size * ds)
         if len(coords) == 0:
             blank = (f"slide {path}: no tile has tissue fraction >= {min_tissue} (tissue found on "
                      f"{tissue.fraction:.1%} of the slide; see {thumb_path}); lower --min-tissue or drop the slide")
             if not keep_empty:
+                write_thumbnail(thumb_path, tissue, coords, read_size * ds)  # alone, on purpose: the message names it
                 raise NoTissueError(blank)
             logger.warning("%s; writing %s listing no tiles", blank, h5_path.name)
         attrs: dict[str, Any] = {
@@ -382,10 +383,16 @@ def tile_slide(
             "n_tiles": len(coords),
             "biossl_version": __version__,
         }
-    with atomic_h5(h5_path) as f:  # built in memory: HDF5 never meets a full disk itself
+    image = thumbnail(tissue, coords, read_size * ds)
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:  # built in memory: HDF5 never meets a full disk itself
         f.create_dataset("coords", data=coords.astype(np.int64))
         f.create_dataset("tissue", data=fractions.astype(np.float32))
         f.attrs.update(attrs)
+    # The .h5 records the slide as done: it is renamed last, so it never stands beside another run's thumbnail.
+    with atomic_outputs(thumb_path, h5_path) as (thumb_tmp, h5_tmp):
+        image.save(thumb_tmp, format="PNG")
+        write_bytes(h5_tmp, buffer.getbuffer())
     logger.info("%s: %d tiles, tissue %.1f%%, level %d", path.name, len(coords), 100 * tissue.fraction, level)
     return TilingResult(path, len(coords), tissue.fraction, level, read_size, h5_path, thumb_path)
 

@@ -119,12 +119,17 @@ def detect_tissue(
     return result
 
 
-def write_thumbnail(target: Path, tissue: TissueMask, coords: np.ndarray, extent: float) -> None:
-    """Write the low-resolution image with tiles (level-0 ``coords``, side ``extent``) outlined, as PNG."""
+def thumbnail(tissue: TissueMask, coords: np.ndarray, extent: float) -> Image.Image:
+    """The low-resolution image with tiles (level-0 ``coords``, side ``extent``) outlined."""
     image = Image.fromarray(tissue.rgb)
     draw = ImageDraw.Draw(image)
     dsx, dsy = tissue.downsample
     for x, y in coords:
         draw.rectangle([x / dsx, y / dsy, (x + extent) / dsx - 1, (y + extent) / dsy - 1], outline=(0, 160, 0))
+    return image
+
+
+def write_thumbnail(target: Path, tissue: TissueMask, coords: np.ndarray, extent: float) -> None:
+    """Write :func:`thumbnail` as PNG, atomically."""
     with atomic_path(target) as tmp:
-        image.save(tmp, format="PNG")
+        thumbnail(tissue, coords, extent).save(tmp, format="PNG")

@@ -488,3 +488,37 @@ def test_absurd_thread_counts_are_refused_before_any_thread_starts(monkeypatch: 
     assert exc.value.code == 2 and "more threads than this machine can use" in capsys.readouterr().err
     monkeypatch.setenv("OMP_NUM_THREADS", "100000")  # someone else's variable: capped, with a warning
     assert threads.choose_threads().n == threads.max_threads()
+
+
+@pytest.mark.integration
+def test_a_killed_tile_rerun_never_leaves_coordinates_beside_another_runs_thumbnail(fixtures: Path,
+                                                                                     tmp_path: Path) -> None:
+    """``biossl tile --overwrite`` with other options, killed at every step of putting its pair in place."""
+    import h5py
+
+    from biossl.data.tiling import output_paths
+
+    slide = tmp_path / "slide.svs"
+    shutil.copy(fixtures / "wsi" / "he_small.svs", slide)
+    runs = {"a": ["--min-tissue", "0.9", "--tile-size", "64"], "b": ["--min-tissue", "0.05", "--tile-size", "64"]}
+    refs: dict[str, tuple[float, bytes]] = {}
+    for name, options in runs.items():
+        out = tmp_path / f"ref_{name}"
+        assert subprocess.run(_cli("tile", str(slide), "--out", str(out), "--no-progress", *options),
+                              env=_env(), capture_output=True, timeout=120).returncode == 0
+        h5, thumb = output_paths(out, slide)
+        with h5py.File(h5, "r") as f:
+            refs[name] = (float(f.attrs["min_tissue"]), thumb.read_bytes())
+    assert refs["a"][1] != refs["b"][1]  # the two runs' thumbnails differ: a mixed pair would show
+    thumb_of = {m: t for m, t in refs.values()}
+    for step in range(1, 5):
+        out = tmp_path / f"kill_{step}"
+        shutil.copytree(tmp_path / "ref_a", out)
+        done = subprocess.run(_cli("tile", str(slide), "--out", str(out), "--no-progress", "--overwrite",
+                                   *runs["b"]), env=_env(BIOSSL_TEST_KILL_AFTER=str(step)), capture_output=True,
+                              timeout=120)
+        assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-500:]
+        h5, thumb = output_paths(out, slide)
+        if h5.exists():  # the coordinates say the slide is done: their thumbnail must be their own run's
+            with h5py.File(h5, "r") as f:
+                assert thumb.read_bytes() == thumb_of[float(f.attrs["min_tissue"])], f"step {step}"
