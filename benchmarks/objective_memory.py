@@ -33,7 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_overhead import build_module, load_setup, to_device  # noqa: E402
 
-from biossl.modules.tasks import CATALOGUE  # noqa: E402
+from biossl.keys import LEGACY_KINDS  # noqa: E402
+from biossl.objectives import catalogue  # noqa: E402
 
 #: Encoder parameters that only the encoder's masked objective uses (MAE decoder, LM/value heads).
 MASKED_PARTS = ("objective.", "lm_head", "value_head", "mask_embedding", "decoder")
@@ -73,7 +74,7 @@ def measure(model: dict[str, Any], dm: Any, modality: str, name: str, device: to
 
     # The masked objectives' decoders live inside the encoder: count them as the objective's too.
     own = [p for n, p in module.encoders.named_parameters() if any(k in n for k in MASKED_PARTS)]
-    masked = CATALOGUE[name].kind == "masked"
+    masked = catalogue()[name].contract == "masked"
     trainable_extra = sum(p.numel() for p in module.tasks.parameters() if p.requires_grad)
     trainable_extra += sum(p.numel() for p in own) if masked else 0
     extra = trainable_extra + sum(p.numel() for p in module.targets.parameters())
@@ -112,8 +113,9 @@ def main() -> None:
     device = torch.device(args.device)
     model, dm = load_setup()
     rows = []
-    for name in sorted(CATALOGUE):
-        for modality in CATALOGUE[name].modalities:
+    for name, meta in catalogue().items():
+        kinds = {m: s.get("kind") or LEGACY_KINDS.get(m) for m, s in model["modalities"].items()}
+        for modality in (m for m, kind in kinds.items() if kind in meta.kinds):
             r = measure(model, dm, modality, name, device)
             rows.append((name, modality, r))
             print(f"{name:15s} {modality:10s} act {r['activations'] / 2**20:8.1f} MiB  extra "

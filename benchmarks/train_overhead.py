@@ -41,10 +41,10 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from biossl.data import keys  # noqa: E402
+from biossl import keys  # noqa: E402
 from biossl.data.bags import BagSpec  # noqa: E402
-from biossl.data.datamodule import BagDataModule  # noqa: E402
 from biossl.modules.callbacks import CheckpointOnInterrupt  # noqa: E402
+from biossl.modules.datamodule import BagDataModule  # noqa: E402
 from biossl.modules.pretrain import PretrainModule  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "_work" / "train_overhead"

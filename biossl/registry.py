@@ -73,3 +73,15 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._items
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plug-in registered for one test or session)."""
+        self._items.pop(name, None)
+
+
+#: Modality kinds (``slide``, ``volume``, ``table``, ``sequence``, ``features`` and plug-ins): name -> a
+#: :class:`biossl.kinds.base.Kind` subclass. The built-in kinds are the modules of :mod:`biossl.kinds`,
+#: found on the first lookup; a plug-in registers with ``@KINDS.register("name")`` from anywhere. It lives
+#: here, at the package root, so that the cohort (``data/``) can look a kind up without importing the
+#: layers above it.
+KINDS: Registry[Any] = Registry("kind", package="biossl.kinds")

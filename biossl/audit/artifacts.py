@@ -4,7 +4,7 @@ For every modality of the model that at least two patients of the cohort have, e
 :mod:`biossl.transforms.artifacts` and every strength, each patient's bag is embedded clean and
 corrupted **from the same instance draw** (each batch is read once, as ``biossl embed`` draws it:
 bag spec of the checkpoint, instances seeded ``(seed, 0, patient index)``), with the model's pooled
-embedding of that modality (``PretrainModule.encode_batch``, the space of ``obsm["X_<modality>"]``).
+embedding of that modality (``PatientEncoder.encode_batch``, the space of ``obsm["X_<modality>"]``).
 The corruption of patient ``i`` is a function of ``(seed, modality, artifact, i, strength)`` alone:
 its random parts are seeded per patient, independently of the strength (so a larger strength
 corrupts a superset or scales the same change), and site-like signatures (stain cast, batch shift)
@@ -51,10 +51,13 @@ import pandas as pd
 import torch
 from scipy.spatial.distance import pdist
 
-from biossl.data import keys
+from biossl import keys
+from biossl.data.splits import deal_folds, fold_rows, kfold
 from biossl.downstream.embed import BatchTransform, embed_views
+from biossl.encoders.patient import PatientEncoder, PatientModel
 from biossl.errors import InputError
-from biossl.transforms.artifacts import ARTIFACTS, apply_artifact, check_strength, describe
+from biossl.kinds import KINDS, get_kind
+from biossl.transforms.artifacts import apply_artifact, check_strength, describe
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +73,20 @@ DEFINITIONS: dict[str, str] = {
 }
 
 
-def _names(artifacts: Sequence[str] | None, modalities: Sequence[str]) -> dict[str, list[str]]:
-    """Artifact names per modality (names are unique across modalities)."""
+def _names(artifacts: Sequence[str] | None, kinds: Mapping[str, str]) -> dict[str, list[str]]:
+    """Artifact names per modality, from its kind's artifacts (names are unique across kinds)."""
+    per_kind = {k: list(get_kind(k).artifacts) for k in set(kinds.values())}
     if artifacts is None:
-        return {m: list(ARTIFACTS[m]) for m in modalities}
-    owner = {name: m for m, names in ARTIFACTS.items() for name in names}
-    unknown = [a for a in artifacts if a not in owner]
+        return {m: per_kind[k] for m, k in kinds.items()}
+    known = {name: k for k in KINDS.names() for name in get_kind(k).artifacts}
+    unknown = [a for a in artifacts if a not in known]
     if unknown:
+        listed: dict[str, list[str]] = {}
+        for name, k in known.items():
+            listed.setdefault(k, []).append(name)
         raise InputError(f"unknown artifact(s) {unknown}; known: "
-                         + "; ".join(f"{m}: {', '.join(n)}" for m, n in ARTIFACTS.items()))
-    return {m: [a for a in ARTIFACTS[m] if a in set(artifacts)] for m in modalities}
+                         + "; ".join(f"{k}: {', '.join(n)}" for k, n in listed.items()))
+    return {m: [a for a in per_kind[k] if a in set(artifacts)] for m, k in kinds.items()}
 
 
 def _patient_seed(seed: int, modality: str, artifact: str, index: int) -> int:
@@ -89,14 +96,14 @@ def _patient_seed(seed: int, modality: str, artifact: str, index: int) -> int:
 
 
 def _corrupt(entry: dict[str, torch.Tensor], modality: str, artifact: str, strength: float,
-             indices: Sequence[int], *, seed: int, space: str) -> dict[str, torch.Tensor]:
+             indices: Sequence[int], *, seed: int, space: str, kind: str) -> dict[str, torch.Tensor]:
     x = entry[keys.X].clone()
     gm = entry.get(keys.GENE_MASK)
     for row, (index, present) in enumerate(zip(indices, entry[keys.PRESENT].tolist())):
         if not present:
             continue
         gen = torch.Generator().manual_seed(_patient_seed(seed, modality, artifact, index))
-        x[row] = apply_artifact(modality, artifact, entry[keys.X][row], strength, gen, mask=entry[keys.MASK][row],
+        x[row] = apply_artifact(kind, artifact, entry[keys.X][row], strength, gen, mask=entry[keys.MASK][row],
                                 gene_mask=None if gm is None else gm[row], space=space, signature_seed=seed)
     return {**entry, keys.X: x}
 
@@ -135,8 +142,7 @@ def detectability(clean: np.ndarray, corrupted: np.ndarray, *, n_folds: int = 5,
     n = len(clean)
     if n < 2:
         return None
-    folds = np.empty(n, dtype=np.int64)
-    folds[np.random.default_rng(seed).permutation(n)] = np.arange(n) % min(n_folds, n)
+    folds = deal_folds(np.arange(n), min(n_folds, n), seed)
     scores = np.empty(2 * n)
     for f in np.unique(folds):
         tr, te = folds != f, folds == f
@@ -151,8 +157,6 @@ class _Heads:
     """Cross-validated linear heads on clean embeddings, to measure how often predictions change."""
 
     def __init__(self, clean: np.ndarray, labels: Sequence[Any] | None, *, n_folds: int, seed: int) -> None:
-        from sklearn.model_selection import StratifiedKFold
-
         self.note: str | None = None
         self.rows = np.zeros(0, dtype=np.int64)
         self.folds: list[tuple[np.ndarray, np.ndarray]] = []
@@ -170,8 +174,7 @@ class _Heads:
                          f"{dict(zip(classes.tolist(), counts.tolist()))}")
             return
         self.y, self.classes = y, classes
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        self.folds = list(splitter.split(self.rows, y))
+        self.folds = fold_rows(kfold(len(self.rows), k, labels=y, seed=seed))
         self.clean = clean[self.rows]
         self.heads = [_fit(self.clean[tr], y[tr]) for tr, _ in self.folds]  # fitted once, used for every artifact
 
@@ -196,7 +199,7 @@ def _finite(value: float) -> float | None:
 
 
 def artifact_audit(
-    module: Any,
+    module: PatientModel,
     dataset: Any,
     *,
     modalities: Sequence[str] | None = None,
@@ -213,8 +216,8 @@ def artifact_audit(
     """Embedding drift, detectability and downstream stability under every synthetic artifact (module doc).
 
     Args:
-        module: A :class:`~biossl.modules.pretrain.PretrainModule` (anything with ``encode_batch`` and
-            ``modality_specs``); put in eval mode on ``device``.
+        module: A checkpoint's :class:`~biossl.encoders.patient.PatientEncoder` (or any
+            :class:`~biossl.encoders.patient.PatientModel`); put in eval mode on ``device``.
         dataset: The cohort's :class:`~biossl.data.bags.PatientBagDataset` as the module reads it
             (:func:`biossl.downstream.embed.open_cohort`).
         modalities: Modalities to audit (default: the module's that the cohort has).
@@ -236,14 +239,16 @@ def artifact_audit(
     """
     started = time.monotonic()
     strengths = sorted({check_strength(s) for s in strengths})
-    encoded = [m for m in keys.MODALITIES if m in module.modality_specs]
+    encoded = list(module.modality_specs)
+    kind_of = {m: module.kind_of(m) for m in encoded}
     if modalities is not None:
         bad = [m for m in modalities if m not in encoded]
         if bad:
             raise InputError(f"the model does not encode modality(ies) {bad}; it encodes {', '.join(encoded)}")
     wanted = [m for m in encoded if modalities is None or m in modalities]
-    names = _names(artifacts, wanted)
-    space = expression_space or (expression_space_of(dataset) if keys.EXPRESSION in wanted else "zscore")
+    names = _names(artifacts, {m: kind_of[m] for m in wanted})
+    tables = any(kind_of[m] == keys.TABLE for m in wanted)
+    space = expression_space or (expression_space_of(dataset) if tables else "zscore")
     skipped: set[str] = set()
 
     def clean_view(m: str) -> BatchTransform:
@@ -251,7 +256,7 @@ def artifact_audit(
             entry = batch.get(m)
             if entry is None:
                 return None
-            if m == keys.WSI and entry[keys.X].ndim != 5:
+            if kind_of[m] == keys.SLIDE and entry[keys.X].ndim != 5:
                 skipped.add(m)  # cached tile features, not pixels
                 return None
             return _only(batch, m, entry)
@@ -260,9 +265,9 @@ def artifact_audit(
     def corrupt_view(m: str, name: str, s: float) -> BatchTransform:
         def view(batch: dict[str, Any], indices: list[int]) -> dict[str, Any] | None:
             entry = batch.get(m)
-            if entry is None or (m == keys.WSI and entry[keys.X].ndim != 5):
+            if entry is None or (kind_of[m] == keys.SLIDE and entry[keys.X].ndim != 5):
                 return None
-            return _only(batch, m, _corrupt(entry, m, name, s, indices, seed=seed, space=space))
+            return _only(batch, m, _corrupt(entry, m, name, s, indices, seed=seed, space=space, kind=kind_of[m]))
         return view
 
     # Each batch is read once; per modality it is encoded clean and once per (artifact, strength).
@@ -275,7 +280,8 @@ def artifact_audit(
     embedded = embed_views(module, dataset, views, fuse=False, batch_size=batch_size, num_workers=num_workers,
                            seed=seed, device=device)
     if skipped:
-        logger.warning("slide bags are cached tile features, not pixels: no tile artifacts (modality wsi skipped)")
+        logger.warning("slide bags are cached tile features, not pixels: no tile artifacts (modalities %s skipped)",
+                       ", ".join(sorted(skipped)))
     patients = list(getattr(dataset, "patients", range(n)))
     records: list[dict[str, Any]] = []
     for m in wanted:
@@ -294,7 +300,7 @@ def artifact_audit(
                 x_corr = embedded[(m, name, s)][0][m][order]
                 moved = np.linalg.norm(x_corr - x_clean, axis=1)
                 records.append({
-                    "modality": m, "artifact": name, "strength": float(s), "parameter": describe(m, name, s),
+                    "modality": m, "artifact": name, "strength": float(s), "parameter": describe(kind_of[m], name, s),
                     "n_patients": len(order),
                     "drift": _finite(np.median(moved) / scale) if scale > 0 else None,
                     "drift_q90": _finite(np.quantile(moved, 0.9) / scale) if scale > 0 else None,
@@ -356,13 +362,12 @@ def artifact_audit_from_checkpoint(
     """
     from biossl.data.labels import read_labels
     from biossl.downstream.embed import open_cohort
-    from biossl.modules.pretrain import PretrainModule
 
     for s in strengths:  # fail before anything is loaded
         check_strength(s)
-    _names(artifacts, list(ARTIFACTS))
+    _names(artifacts, {k: k for k in KINDS.names()})  # unknown artifact names fail before anything is loaded
     checkpoint, manifest = Path(checkpoint), Path(manifest)
-    module = PretrainModule.from_checkpoint(checkpoint)
+    module = PatientEncoder.from_checkpoint(checkpoint)
     dataset, _, _, _ = open_cohort(module, checkpoint, manifest, work_dir=work_dir, features_dir=features_dir,
                                    skip_bad=skip_bad, batch_size=batch_size, num_workers=num_workers, seed=seed)
     label_map: dict[str, Any] | None = None

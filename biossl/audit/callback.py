@@ -2,7 +2,7 @@
 
 :class:`NuisanceProbe` is a Lightning callback. Every ``every_n_epochs`` epochs (or every
 ``every_n_steps`` optimiser steps) it embeds the patients held out of pretraining
-(``data.holdout``, :class:`~biossl.data.datamodule.BagDataModule`) with the current weights, runs
+(``data.holdout``, :class:`~biossl.modules.datamodule.BagDataModule`) with the current weights, runs
 the grouped linear and kNN probes of :mod:`biossl.audit.probes` on each metadata column (``site``,
 ``scanner``, ...) and logs, for each embedding (``X_fused`` and each modality's ``X_<modality>``)::
 
@@ -31,7 +31,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from biossl.data import keys
+from biossl import keys
+from biossl.encoders.patient import PatientModel
 from biossl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,10 @@ class NuisanceProbe(pl.Callback):
         if dataset is None:
             self._warn_once("no-data", "NuisanceProbe: the trainer has no BagDataModule; nothing probed")
             return {}
+        if not isinstance(pl_module, PatientModel):
+            self._warn_once("no-model", "NuisanceProbe: %s does not embed patients (no encode_batch); nothing probed",
+                            type(pl_module).__name__)
+            return {}
         if not held_out:
             self._warn_once("train", "NuisanceProbe: no patients are held out (data.holdout is 0): probing the "
                             "training patients, which the encoders have seen")
@@ -119,7 +124,7 @@ class NuisanceProbe(pl.Callback):
         with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
             np_state = np.random.get_state()
             try:
-                metrics = self._probe(dataset, pl_module)
+                metrics = self._probe(dataset, pl_module, pl_module.device)
             finally:
                 np.random.set_state(np_state)
                 pl_module.train(was_training)
@@ -130,13 +135,13 @@ class NuisanceProbe(pl.Callback):
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
         return metrics
 
-    def _probe(self, dataset: Any, pl_module: pl.LightningModule) -> dict[str, float]:
+    def _probe(self, dataset: Any, model: PatientModel, device: torch.device) -> dict[str, float]:
         from biossl.audit.probes import ProbeCache, prepare_column
         from biossl.downstream.embed import embed_dataset
 
-        modalities = [m for m in keys.MODALITIES if m in getattr(pl_module, "modality_specs", {})]
-        emb, has, fused = embed_dataset(pl_module, dataset, modalities, batch_size=self.batch_size,
-                                        seed=self.seed, device=pl_module.device)
+        modalities = list(keys.canonical_order(model.modality_specs))
+        emb, has, fused = embed_dataset(model, dataset, modalities, batch_size=self.batch_size, seed=self.seed,
+                                        device=device)
         any_modality = np.any(np.stack([has[m] for m in modalities]), axis=0) if modalities else np.zeros(0, bool)
         inputs = {"X_fused": (fused, any_modality), **{f"X_{m}": (emb[m], has[m]) for m in modalities}}
         wanted = self.embeddings or list(inputs)

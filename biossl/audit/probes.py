@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from biossl.data.splits import deal_folds
 from biossl.downstream.methods import standardise
 from biossl.errors import InputError
 
@@ -230,14 +231,11 @@ def permuted_labels(column: Column, n_permutations: int, seed: int) -> Iterator[
 
 
 def group_folds(groups: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold of each row: groups shuffled (generator seeded ``seed``) and dealt round-robin into ``n_folds``."""
+    """Fold of each row (:func:`~biossl.data.splits.deal_folds`); fewer patients than folds is an error."""
     n_groups = int(groups.max()) + 1
     if n_groups < n_folds:
         raise InputError(f"{n_groups} patients for {n_folds} folds; use --folds {max(2, n_groups)} or fewer")
-    order = np.random.default_rng(seed).permutation(n_groups)
-    fold_of_group = np.empty(n_groups, dtype=np.int64)
-    fold_of_group[order] = np.arange(n_groups) % n_folds
-    return fold_of_group[groups]
+    return deal_folds(groups, n_folds, seed)
 
 
 class LinearProbe:

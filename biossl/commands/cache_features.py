@@ -19,13 +19,11 @@ from typing import Any
 import torch
 import yaml
 
+from biossl import keys
 from biossl.commands.tile import parse_shard
-from biossl.data import keys
 from biossl.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-_PREFIX = f"encoders.{keys.WSI}."
 
 
 def parse_encoder_arg(text: str) -> tuple[str, Any]:
@@ -41,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("coords_dir", type=Path, metavar="COORDS_DIR", help="folder of .h5 files from `biossl tile`")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder for feature .h5 files")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, metavar="CKPT", help="pretraining checkpoint with a wsi encoder")
+    source.add_argument("--checkpoint", type=Path, metavar="CKPT", help="pretraining checkpoint with a slide encoder")
+    parser.add_argument("--modality", metavar="NAME", default=None,
+                        help="the checkpoint's slide modality whose encoder embeds the tiles (needed only when it "
+                             "has several, e.g. he and ihc)")
     source.add_argument("--encoder", metavar="NAME", help="registered image encoder (random weights, seed 0)")
     parser.add_argument("--encoder-arg", type=parse_encoder_arg, action="append", default=[], metavar="K=V",
                         help="keyword argument of --encoder (repeatable), e.g. img_size=64")
@@ -56,45 +57,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def load_checkpoint_encoder(path: Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    """Build the wsi encoder of a pretraining checkpoint and load its weights.
+def load_checkpoint_encoder(path: Path, modality: str | None = None) -> tuple[torch.nn.Module, dict[str, Any],
+                                                                              dict[str, Any]]:
+    """Build a slide encoder of a pretraining checkpoint with its weights (the checkpoint read safely, once).
 
     Returns:
         ``(encoder, spec, bag_spec)``: the spec is ``{"encoder": name, **kwargs}``; ``bag_spec`` is the
         data's bag spec stored in the checkpoint (empty if absent).
 
     Raises:
-        InputError: The file is missing or unreadable, is not a biossl checkpoint, or has no wsi
-            encoder that reads pixels.
+        InputError: The file is not a usable biossl checkpoint (:func:`biossl.checkpoint.load_checkpoint`),
+            has no slide encoder that reads pixels, several without ``modality`` naming one, or weights
+            that do not fit its specs.
     """
-    from biossl.encoders import ENCODERS
+    from biossl.checkpoint import load_checkpoint
+    from biossl.encoders.patient import PatientEncoder
 
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} not found; pass the .ckpt written by `biossl pretrain`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise InputError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    state = ckpt.get("biossl") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or "modality_specs" not in state or "state_dict" not in ckpt:
-        raise InputError(f"{path} is not a biossl pretraining checkpoint (no 'biossl' section); use `biossl pretrain`")
+    ckpt = load_checkpoint(path)
+    state = ckpt["biossl"]
     specs = state["modality_specs"]
-    if keys.WSI not in specs:
+    slides = [m for m, sp in specs.items() if (sp.get("kind") or keys.LEGACY_KINDS.get(m)) == keys.SLIDE]
+    if modality is not None and modality not in slides:
+        raise InputError(f"checkpoint {path} has no slide modality {modality!r} (its slide modalities: "
+                         f"{', '.join(slides) or 'none'}); fix --modality")
+    if not slides:
         raise InputError(
-            f"checkpoint {path} has no wsi encoder (its modalities: {', '.join(specs) or 'none'}); pass a "
+            f"checkpoint {path} has no slide encoder (its modalities: {', '.join(specs) or 'none'}); pass a "
             "checkpoint from a run on slides, or --encoder NAME"
         )
-    spec = dict(specs[keys.WSI])
-    if str(spec.get("encoder", "")).startswith("features/"):
-        raise InputError(f"checkpoint {path}: its wsi encoder {spec['encoder']} reads cached features, not pixels")
-    weights = {k[len(_PREFIX) :].replace("_orig_mod.", ""): v for k, v in ckpt["state_dict"].items()
-               if k.startswith(_PREFIX)}
-    encoder = ENCODERS.build(spec["encoder"], **{k: v for k, v in spec.items() if k != "encoder"})
-    try:
-        encoder.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise InputError(f"checkpoint {path}: wsi weights do not fit {spec['encoder']} ({exc})") from None
-    return encoder, spec, dict(state.get("bag_spec") or {})
+    if modality is None and len(slides) > 1:
+        raise InputError(f"checkpoint {path} has several slide modalities ({', '.join(slides)}); pick one with "
+                         "--modality NAME")
+    name = modality or slides[0]
+    if str(specs[name].get("encoder", "")).startswith("features/"):
+        raise InputError(f"checkpoint {path}: its {name} encoder {specs[name]['encoder']} reads cached features, "
+                         "not pixels")
+    model = PatientEncoder.from_loaded(ckpt, path, modalities=[name])
+    return model.encoders[name], model.modality_specs[name], dict(state.get("bag_spec") or {})
 
 
 def _build_encoder(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -153,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
     """Cache features of every coordinates file in ``COORDS_DIR``; print one line per slide and a total."""
     from biossl.data.features import SlideFeatures, encoder_fingerprint, encoder_input_px, write_tile_features
     from biossl.data.tiling import select_shard
+    from biossl.device import resolve_device
 
+    resolve_device(args.device)  # a bad --device stops here, before the encoder is built
     coords_dir: Path = args.coords_dir
     if not coords_dir.is_dir():
         raise InputError(f"coordinates folder {coords_dir} not found; pass the --out folder of `biossl tile`")
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"shard {args.shard[0]}/{args.shard[1]} of the coordinates files is empty; nothing to do")
         return 0
     if args.checkpoint is not None:
-        encoder, spec, bag_spec = load_checkpoint_encoder(args.checkpoint)
+        encoder, spec, bag_spec = load_checkpoint_encoder(args.checkpoint, args.modality)
         name, extra = spec["encoder"], {"encoder_checkpoint": str(args.checkpoint.resolve())}
         tile_px = args.tile_px or bag_spec.get("tile_px") or encoder_input_px(encoder)
     else:

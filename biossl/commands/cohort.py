@@ -2,7 +2,7 @@
 
 This is the full check: every file is opened with its reader, and the voxels of floating-point NIfTI
 are read for NaN/inf. Other commands that open a cohort probe headers only; pretraining runs the full
-check once per run, in :meth:`biossl.data.datamodule.BagDataModule.prepare_data`.
+check once per run, in :meth:`biossl.modules.datamodule.BagDataModule.prepare_data`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     last = summary.iloc[-1]
     for modality in summary.columns:
         n_files = int((table["modality"] == modality).sum())
-        print(f"  {modality:<10} {int(last[modality]):>5} patients  {n_files:>6} files")
+        vt = cohort.options.get(modality, {}).get("value_type", "")
+        kind = cohort.kinds[modality] + (f" ({vt})" if vt else "")
+        print(f"  {modality:<10} {kind:<20} {int(last[modality]):>5} patients  {n_files:>6} files")
     if cohort.conflicts:
         print("metadata kept per file (values differ within a patient): " + ", ".join(cohort.conflicts))
     return 0

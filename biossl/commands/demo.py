@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from biossl.data import keys
+from biossl import keys
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Cohort {manifest}: {len(cohort.patients)} patients, {len(cohort.table)} files\n")
     print(cohort.summary().to_string())
 
-    slides = sorted({f for p in cohort.patients for f in cohort.files(p, keys.WSI)})
+    slides = sorted({f for p in cohort.patients for m in cohort.of_kind(keys.SLIDE) for f in cohort.files(p, m)})
     results = tile_slides(slides, work / "tiles")
     rows = [{"slide": Path(r.slide).name, "tiles": r.n_tiles, "tissue_fraction": round(r.tissue_fraction, 3),
              "level": r.level} for r in results]

@@ -45,8 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Embed the cohort and write the AnnData."""
-    import torch
-
+    from biossl.device import resolve_device
     from biossl.downstream.embed import embed_cohort, obsm_key, write_embeddings
     from biossl.errors import InputError
     from biossl.privacy import pseudonymize_obs, read_salt
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--salt-file and --keep-obs only apply with --pseudonymize; add it or drop them")
     salt = read_salt(args.salt_file) if args.pseudonymize else None  # fail before any work
     num_workers = cap_workers(args.num_workers, "--num-workers")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)  # a bad --device fails before the checkpoint is read
     adata = embed_cohort(args.checkpoint, args.manifest, work_dir=args.work_dir, labels=args.labels,
                          id_column=args.id_column, unknown_labels=args.unknown_labels, batch_size=args.batch_size,
                          num_workers=num_workers, seed=args.seed, features_dir=args.features_dir,

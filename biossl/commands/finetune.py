@@ -334,12 +334,15 @@ def run(args: argparse.Namespace) -> int:
     known: set[str] = set()
     sources: list[str] = []
     bags = None
+    device: Any = None  # resolved with the cohort's bags, the only methods that run a model
     cohort: Any = None  # the manifest's cohort, when some method reads it
     settings = None
     group_sources: list[tuple[str, Any]] = []
     if {"finetune", "scratch"} & set(modes) or ("probe" in modes and args.embeddings is None):
-        from biossl.downstream.finetuning import CohortBags, auto_device
+        from biossl.device import resolve_device
+        from biossl.downstream.finetuning import CohortBags
 
+        device = resolve_device(args.device)  # a bad --device fails before the checkpoint is read
         settings = FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                     encoder_lr=args.encoder_lr, weight_decay=args.weight_decay,
                                     hidden=None if args.head == "linear" else args.hidden,
@@ -363,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
             sources.append(f"the embeddings {args.embeddings}")
         else:
             assert bags is not None
-            frame = bags.embeddings(args.embedding, device=auto_device(args.device))
+            frame = bags.embeddings(args.embedding, device=device)
             features = feature_frame(frame.to_numpy(), list(frame.index), what=f"{args.embedding} of {args.checkpoint}")
             patients = list(frame.index)
             inputs["embeddings"] = {"computed_from": args.checkpoint.name, "obsm": args.embedding,
@@ -383,10 +386,10 @@ def run(args: argparse.Namespace) -> int:
 
             assert bags is not None and settings is not None
             methods.append(EncoderFinetune(bags, mode="finetune" if mode == "finetune" else "scratch",
-                                           embedding=args.embedding, settings=settings, device=args.device))
+                                           embedding=args.embedding, settings=settings, device=device))
             if mode == "finetune" and args.semi_supervised:
                 methods.append(EncoderFinetune(bags, mode="finetune", embedding=args.embedding, settings=settings,
-                                               semi_supervised=True, device=args.device))
+                                               semi_supervised=True, device=device))
     if args.baseline_features is not None:
         raw = _baseline_features(args.baseline_features)
         inputs["baseline_features"] = args.baseline_features.name

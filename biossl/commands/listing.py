@@ -1,4 +1,4 @@
-"""``biossl list objectives|encoders``: what can be named in a pretraining config."""
+"""``biossl list objectives|encoders|kinds``: what can be named in a manifest or a pretraining config."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from biossl.modules.tasks import objective_table
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's arguments to ``parser``."""
-    parser.add_argument("what", choices=("objectives", "encoders"), help="which registry to print")
+    parser.add_argument("what", choices=("objectives", "encoders", "kinds"), help="which registry to print")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the docs)")
 
 
@@ -29,6 +29,15 @@ def run(args: argparse.Namespace) -> int:
     """Print the registry."""
     if args.what == "objectives":
         _print(["name", "kind", "modalities", "use", "paper"], objective_table(), args.markdown)
+        return 0
+    if args.what == "kinds":
+        from biossl.kinds import KINDS, get_kind
+
+        kinds = [get_kind(name) for name in KINDS.names()]
+        rows = [[k.name, k.instances, k.default_encoder, k.default_objective, ", ".join(k.extensions),
+                 (type(k).__doc__ or "").strip().splitlines()[0]] for k in kinds]
+        _print(["kind", "bag of", "default encoder", "default objective", "files", "description"], rows,
+               args.markdown)
         return 0
     from biossl.encoders import ENCODERS
 

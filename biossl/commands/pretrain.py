@@ -1,7 +1,7 @@
 """``biossl pretrain --config configs/pretrain/<name>.yaml``: joint multimodal pretraining.
 
 A LightningCLI over :class:`~biossl.modules.pretrain.PretrainModule` and
-:class:`~biossl.data.datamodule.BagDataModule`: ``--print_config`` shows the resolved run, every
+:class:`~biossl.modules.datamodule.BagDataModule`: ``--print_config`` shows the resolved run, every
 option can be overridden on the command line (``--trainer.max_steps 50``), and the resolved config
 is saved beside the checkpoints. GPU, bf16 autocast and several devices are chosen automatically
 when present; CPU and fp32 otherwise.
@@ -35,9 +35,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from biossl.data.datamodule import BagDataModule
 from biossl.errors import InputError
 from biossl.io import output_error, save_torch_atomic
+from biossl.modules.datamodule import BagDataModule
 from biossl.modules.pretrain import PretrainModule
 
 PASSTHROUGH = True  # this verb parses its own arguments (jsonargparse)
@@ -196,6 +196,7 @@ class PretrainCLI(LightningCLI):
                             help="write a checkpoint every N optimiser steps (and last.ckpt)")
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
+        parser.link_arguments("model.modalities", "data.modalities", compute_fn=lambda specs: list(specs))
 
 
 def config_error(message: str, argv: Sequence[str]) -> str:
@@ -213,10 +214,11 @@ def check_resume_checkpoint(ckpt: str | Path) -> None:
     Lightning's keywords (``last``, ``hpc``, ``best``, ``registry``) are left to Lightning.
 
     Raises:
-        InputError: the file is missing, unreadable (truncated, not a checkpoint, pickled objects), or not
-            written by ``biossl pretrain``.
+        InputError: the file is missing, unreadable (truncated, not a checkpoint, pickled objects), not
+            written by ``biossl pretrain``, or written by a biossl of another major version
+            (:func:`biossl.checkpoint.load_checkpoint`).
     """
-    from biossl.modules.pretrain import load_checkpoint
+    from biossl.checkpoint import load_checkpoint
 
     if str(ckpt) in ("last", "hpc", "best", "registry"):
         return

@@ -1,1 +1,1 @@
-"""Data layer: cohort manifests, modality readers, patient bags and the DataModule."""
+"""Data layer: cohort manifests, modality readers and patient bags (their LightningDataModule is in biossl.modules)."""

@@ -1,7 +1,9 @@
 """The cohort: a validated manifest listing each patient's files per modality.
 
 A manifest is a CSV, TSV or Parquet table with one row per file: ``patient_id``, ``modality`` (one
-of :data:`biossl.data.keys.MODALITIES`, case and surrounding spaces ignored), ``path`` (relative to
+a name you choose, case and surrounding spaces ignored; its kind comes from an optional ``kind`` column,
+the config's ``data.kinds``, or, for the legacy names ``wsi``, ``volume``, ``expression``, ``sequence``,
+their own kind), ``path`` (relative to
 the manifest's folder unless absolute) and optional metadata columns (``site``, ``scanner``,
 ``batch``, ``slide_mpp``, ...). A patient may have several rows per modality; an expression row may
 point to a table holding many patients, in which the patient is then looked up, and so may a sequence
@@ -18,7 +20,6 @@ Row numbers in messages count as in a spreadsheet: the header is row 1, the firs
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -28,10 +29,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from biossl.data.keys import EXPRESSION, MODALITIES, MODALITY, PATH, PATIENT_ID, REQUIRED_COLUMNS, SEQUENCE, WSI
 from biossl.data.labels import MAX_NAMED, read_table
 from biossl.errors import ManifestError
 from biossl.io import atomic_path
+from biossl.keys import (
+    KIND,
+    KINDS,
+    LEGACY_KINDS,
+    MODALITY,
+    PATH,
+    PATIENT_ID,
+    REQUIRED_COLUMNS,
+    SLIDE,
+    VALUE_TYPE,
+)
+from biossl.registry import KINDS as KIND_REGISTRY
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +131,11 @@ class _Checker:
 
     def __init__(self, *, probe: bool, probes: Mapping[str, ProbeFn] | None,
                  table_patients: TablePatientsFn | None, check_values: bool = False,
-                 require_slide_mpp: bool = False, slide_mpp: float | None = None) -> None:
+                 require_slide_mpp: bool = False, slide_mpp: float | None = None,
+                 kinds: Mapping[str, str] | None = None, value_types: Mapping[str, str] | None = None) -> None:
+        self.kinds = {str(k).lower(): str(v).lower() for k, v in (kinds or {}).items()}
+        self.value_types = {str(k).lower(): str(v).lower() for k, v in (value_types or {}).items()}
+        self._kind_objects: dict[str, object] = {}
         self.probe = probe
         self.require_slide_mpp = require_slide_mpp
         self.slide_mpp = slide_mpp
@@ -127,55 +143,56 @@ class _Checker:
         self.check_values = check_values
         self.probes: dict[str, ProbeFn | None] = dict(probes or {})
         self.table_patients = table_patients
-        self._reasons: dict[tuple[str, str], str | None] = {}
+        self._reasons: dict[tuple[str, str, tuple[tuple[str, str], ...]], str | None] = {}
         self._tables: dict[tuple[str, str], Collection[str] | str | None] = {}
 
-    def _probe_of(self, modality: str) -> ProbeFn | None:
-        if modality not in self.probes:
-            try:
-                module = importlib.import_module(f"biossl.data.{modality}")
-                thorough = getattr(module, "check", None) if self.check_values else None
-                self.probes[modality] = thorough or module.probe
-            except (ImportError, AttributeError) as exc:
-                logger.warning("%s files are only checked for existence: no reader probe (%s)", modality, exc)
-                self.probes[modality] = None
-        return self.probes[modality]
+    def _kind(self, kind: str) -> object:
+        if kind not in self._kind_objects:
+            self._kind_objects[kind] = KIND_REGISTRY.get(kind)()
+        return self._kind_objects[kind]
 
-    def _unreadable(self, modality: str, path: str) -> str | None:
-        if (modality, path) not in self._reasons:
-            fn = self._probe_of(modality)
+    def _unreadable(self, modality: str, kind: str, path: str, options: Mapping[str, str]) -> str | None:
+        key = (modality, path, tuple(sorted(options.items())))
+        if key not in self._reasons:
             reason = None
             try:
-                if fn is not None:
-                    fn(Path(path))
+                override = self.probes.get(modality) or self.probes.get(kind)
+                if override is not None:
+                    override(Path(path))
+                else:
+                    self._kind(kind).probe(Path(path), thorough=self.check_values, options=options)  # type: ignore[attr-defined]
             except (ValueError, OSError) as exc:  # InputError is a ValueError
-                reason = f"unreadable {modality} file: {exc}"
-            self._reasons[modality, path] = reason
-        return self._reasons[modality, path]
+                text = str(exc).removeprefix(f"{path}: ")
+                # A kind's value check (a table declared binary holding 2s) reads the file fine: not "unreadable".
+                reason = f"{modality} file: {text}" if getattr(exc, "file_reads", False) else \
+                    f"unreadable {modality} file: {text}"
+            self._reasons[key] = reason
+        return self._reasons[key]
 
-    def _absent_from_table(self, patient: str, path: str, modality: str = EXPRESSION) -> str | None:
-        """Why ``patient`` cannot use the table ``path`` (``None`` if it can); each table is read once.
+    def _absent_from_table(self, patient: str, path: str, modality: str, kind: str,
+                           options: Mapping[str, str]) -> str | None:
+        """Why ``patient`` cannot use the multi-patient file ``path`` (``None`` if it can); each file is read once.
 
-        A sequence file without a ``patient_id`` column (FASTA, plain table) is the patient's own: ``None``.
+        A file that is one patient's (FASTA, a sequence table without ``patient_id``) gives ``None``.
         """
-        if (modality, path) not in self._tables:
-            fn: Callable[[Path], Collection[str] | None] | None = (
-                self.table_patients if modality == EXPRESSION else None)
-            if fn is None:
-                fn = importlib.import_module(f"biossl.data.{modality}").table_patients
+        key = (modality, path)
+        if key not in self._tables:
             try:
-                found_now = fn(Path(path))
-                self._tables[modality, path] = None if found_now is None else frozenset(map(str, found_now))
+                if self.table_patients is not None and kind == "table":
+                    found_now: Collection[str] | None = self.table_patients(Path(path))
+                else:
+                    found_now = self._kind(kind).patients_in(Path(path), options)  # type: ignore[attr-defined]
+                self._tables[key] = None if found_now is None else frozenset(map(str, found_now))
             except (ValueError, OSError) as exc:
-                self._tables[modality, path] = f"unreadable {modality} table: {exc}"
-        found = self._tables[modality, path]
+                self._tables[key] = f"unreadable {modality} table: {exc}"
+        found = self._tables[key]
         if found is None:
             return None
         if isinstance(found, str):
             return found
         if patient in found:
             return None
-        column = " (column patient_id)" if modality == SEQUENCE else ""
+        column = " (column patient_id)" if kind == "sequence" else ""
         from biossl.data.labels import look_alikes
 
         alike = [b for _, b in look_alikes([patient], found)][:3]
@@ -183,6 +200,20 @@ class _Checker:
                 "drops leading zeros): write the IDs as text" if alike else "")
         return (f"patient not in this {modality} table{column} ({len(found)} patients, e.g. {sorted(found)[:3]})"
                 f"{hint}; fix the patient_id or the path")
+
+    def kind_of_row(self, modality: str, cell: str) -> tuple[str | None, str | None]:
+        """``(kind, None)`` or ``(None, reason)``: the row's ``kind`` cell, else the config's, else the legacy one."""
+        configured = self.kinds.get(modality)
+        if cell and configured and cell.lower() != configured:
+            return None, (f"the kind column says {cell.lower()!r} for modality {modality!r}, but it is a "
+                          f"{configured!r} in the config's data.kinds (or in the checkpoint); make them agree")
+        kind = cell.lower() or configured or LEGACY_KINDS.get(modality, "")
+        if not kind:
+            return None, (f"modality {modality!r} has no kind: fill the manifest's {KIND} column with one of "
+                          f"{', '.join(known_kinds())}, or give it in the config (data.kinds: {{{modality}: ...}})")
+        if kind not in KIND_REGISTRY:
+            return None, f"unknown kind {kind!r} of modality {modality!r}; known kinds: {', '.join(known_kinds())}"
+        return kind, None
 
     def _file_mpp(self, path: str) -> float | str | None:
         """The µm/px the slide file records (``None`` if none; the reason as text if it cannot be used)."""
@@ -236,20 +267,50 @@ class _Checker:
         good: list[int] = []
         paths: list[str] = []
         modalities: list[str] = []
+        kinds: list[str] = []
+        value_types: list[str] = []
         seen: dict[tuple[str, str, str], int] = {}
         rows_of: dict[str, list[int]] = {}
+        first_kind: dict[str, tuple[str, int]] = {}  # modality -> (its kind, the row that first said so)
+        first_vt: dict[str, tuple[str, int]] = {}
+        kind_cells = df[KIND] if KIND in df.columns else pd.Series("", index=df.index)
+        vt_cells = df[VALUE_TYPE] if VALUE_TYPE in df.columns else pd.Series("", index=df.index)
         for index, patient_v, modality_v, path_v in df[[PATIENT_ID, MODALITY, PATH]].itertuples():
             row = int(index) + 2
             patient, raw_modality, raw_path = _text(patient_v), _text(modality_v), _text(path_v)
             modality = raw_modality.lower()
             reason = None
+            kind, why = self.kind_of_row(modality, _text(kind_cells[index])) if modality else (None, None)
+            vt_cell, vt_config = _text(vt_cells[index]).lower(), self.value_types.get(modality, "")
+            value_type = (vt_cell or vt_config) if kind else ""
+            if kind and vt_cell and vt_config and vt_cell != vt_config:
+                why = (f"the value_type column says {vt_cell!r} but the config's data.value_types says {vt_config!r} "
+                       f"for modality {modality!r}; make them agree (or drop one of them)")
+            if kind and modality in first_kind and first_kind[modality][0] != kind:
+                other, at = first_kind[modality]
+                why = (f"modality {modality!r} is of kind {other!r} in row {at} but {kind!r} here; one name has one "
+                       "kind: rename one of them (e.g. ct and ct_features)")
+            elif kind and value_type and kind != "table":
+                why = (f"value_type {value_type!r} is for table modalities; {modality!r} is a {kind}: empty the cell "
+                       "(or drop it from data.value_types)")
+            elif kind and value_type:
+                from biossl.keys import VALUE_TYPES
+
+                if value_type not in VALUE_TYPES:
+                    why = f"unknown value_type {value_type!r} of {modality!r}; one of {', '.join(VALUE_TYPES)}"
+                elif modality in first_vt and first_vt[modality][0] != value_type:
+                    vt0, at = first_vt[modality]
+                    why = (f"modality {modality!r} has value_type {vt0!r} in row {at} but {value_type!r} here; one "
+                           "modality has one value type")
             if patient:
                 rows_of.setdefault(patient, []).append(row)
             full = _full_path(folder, raw_path)
             if not patient:
                 reason = "empty patient_id; give every row the patient it belongs to"
-            elif modality not in MODALITIES:
-                reason = f"unknown modality {raw_modality!r}; valid: {', '.join(MODALITIES)}"
+            elif not modality:
+                reason = "empty modality; name the row's modality (for example he, ct, rna)"
+            elif why is not None:
+                reason = why
             elif not raw_path:
                 reason = "empty path; give the file's path (relative to the manifest's folder, or absolute)"
             elif (patient, modality, full) in seen:
@@ -259,12 +320,18 @@ class _Checker:
                 reason = (f"file not found: {full} (relative paths are read from {folder}); "
                           "fix the path or drop the row")
             elif self.probe:
-                reason = self._unreadable(modality, full)
-                if reason is None and modality in (EXPRESSION, SEQUENCE):
-                    reason = self._absent_from_table(patient, full, modality)
-            if reason is None and modality == WSI:
+                assert kind is not None
+                options = {VALUE_TYPE: value_type} if value_type else {}
+                reason = self._unreadable(modality, kind, full, options)
+                if reason is None and getattr(self._kind(kind), "multi_patient", False):
+                    reason = self._absent_from_table(patient, full, modality, kind, options)
+            if reason is None and kind == SLIDE:
                 reason = self._slide_mpp_problem(full, df.loc[index])
-            if patient and modality in MODALITIES and full:
+            if kind is not None and why is None:
+                first_kind.setdefault(modality, (kind, row))
+                if value_type:
+                    first_vt.setdefault(modality, (value_type, row))
+            if patient and kind and full:
                 seen.setdefault((patient, modality, full), row)
             if reason is not None:
                 problems.append(Problem(row, patient, raw_modality, raw_path, reason))
@@ -272,9 +339,16 @@ class _Checker:
             good.append(index)
             paths.append(full)
             modalities.append(modality)
+            kinds.append(str(kind))
+            value_types.append(value_type)
         kept = df.loc[good].copy()
         kept[PATIENT_ID] = kept[PATIENT_ID].map(_text)
         kept[MODALITY] = modalities
+        kept[KIND] = kinds
+        # A modality's value type is the one any of its rows (or the config) gives, on every row.
+        vts = dict(zip(modalities, value_types))
+        vts.update({m: v for m, v in zip(modalities, value_types) if v})
+        kept[VALUE_TYPE] = [vts.get(m, "") for m in modalities]
         kept[PATH] = paths
         kept[ROW] = [int(i) + 2 for i in good]
         usable = set(kept[PATIENT_ID])
@@ -345,9 +419,29 @@ class Cohort:
         missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
         if missing:
             raise ManifestError(f"cohort table lacks column(s) {missing}; found {list(table.columns)}")
-        order = {m: i for i, m in enumerate(MODALITIES)}
+        table = table.copy()
+        if KIND not in table.columns:
+            table[KIND] = table[MODALITY].map(lambda m: LEGACY_KINDS.get(m, ""))
+        if VALUE_TYPE not in table.columns:
+            table[VALUE_TYPE] = ""
+        table[VALUE_TYPE] = table[VALUE_TYPE].map(_text)
+        unknown = sorted(set(table.loc[table[KIND] == "", MODALITY]))
+        if unknown:
+            raise ManifestError(f"cohort table: modalities {unknown} have no kind; add a {KIND} column")
+        kinds = table.groupby(MODALITY)[KIND].unique()
+        two = {m: sorted(k) for m, k in kinds.items() if len(k) > 1}
+        if two:
+            raise ManifestError(f"cohort table: one modality name with two kinds: {two}")
+        #: Modality name -> kind, in canonical order (by kind, built-in kinds first, then by name).
+        self.kinds: dict[str, str] = dict(sorted(((str(m), str(k[0])) for m, k in kinds.items()),
+                                                 key=lambda mk: (_kind_rank(mk[1]), mk[0])))
+        order = {m: i for i, m in enumerate(self.kinds)}
         table = table.assign(_m=table[MODALITY].map(order)).sort_values([PATIENT_ID, "_m", PATH])
         self._table = table.drop(columns="_m").reset_index(drop=True)
+        vts = self._table.groupby(MODALITY)[VALUE_TYPE].agg(lambda v: next((x for x in v if x), ""))
+        #: Modality name -> its options (``value_type`` of a table), as the manifest or the config gave them.
+        self.options: dict[str, dict[str, str]] = {m: ({VALUE_TYPE: str(vts[m])} if vts.get(m) else {})
+                                                    for m in self.kinds}
         self.source = source
         self._files: dict[tuple[str, str], list[Path]] = {}
         for patient, modality, path in self._table[[PATIENT_ID, MODALITY, PATH]].itertuples(index=False):
@@ -372,6 +466,8 @@ class Cohort:
         table_patients: TablePatientsFn | None = None,
         require_slide_mpp: bool = False,
         slide_mpp: float | None = None,
+        kinds: Mapping[str, str] | None = None,
+        value_types: Mapping[str, str] | None = None,
     ) -> Cohort:
         """Load and validate a manifest; every problem is collected before anything is raised.
 
@@ -402,6 +498,9 @@ class Cohort:
             require_slide_mpp: A slide whose file records no µm/px needs it from its row's ``slide_mpp``
                 cell or ``slide_mpp`` (``biossl cohort`` asks for this; tiling needs it). Needs ``probe``.
             slide_mpp: The level-0 µm/px of slides without it in their files and their row (``--slide-mpp``).
+            kinds: ``modality -> kind`` for rows whose ``kind`` cell is empty (a config's ``data.kinds``);
+                the legacy names default to their own kinds.
+            value_types: ``modality -> value type`` of table modalities whose rows give none.
 
         Raises:
             ManifestError: listing up to 20 problems with their row, patient and file.
@@ -409,7 +508,8 @@ class Cohort:
         path = Path(path)
         df = _read_records(path)
         checker = _Checker(probe=probe, probes=probes, table_patients=table_patients, check_values=check_values,
-                           require_slide_mpp=require_slide_mpp, slide_mpp=slide_mpp)
+                           require_slide_mpp=require_slide_mpp, slide_mpp=slide_mpp, kinds=kinds,
+                           value_types=value_types)
         kept, problems = checker.check_rows(df, path.parent.absolute())
         _handle_problems(problems, manifest=path, skip_bad=skip_bad, report_path=report_path)
         if kept.empty:
@@ -442,21 +542,43 @@ class Cohort:
             raise ManifestError(f"patient {patient!r} is not in the cohort ({self.source}); "
                                 f"it has {len(self)} patients, e.g. {self._patients[:5]}")
 
+    @property
+    def modalities(self) -> list[str]:
+        """The cohort's modality names in canonical order (by kind, then name)."""
+        return list(self.kinds)
+
+    def kind_of(self, modality: str) -> str:
+        """The kind of a modality of this cohort (an unknown name is an error listing the cohort's)."""
+        if modality not in self.kinds:
+            raise ManifestError(f"modality {modality!r} is not in the cohort ({self.source}); its modalities: "
+                                f"{', '.join(self.kinds) or 'none'}")
+        return self.kinds[modality]
+
+    def of_kind(self, kind: str) -> list[str]:
+        """The cohort's modalities of one kind."""
+        return [m for m, k in self.kinds.items() if k == kind]
+
     def modalities_of(self, patient: str) -> list[str]:
         """Modalities the patient has at least one file of, in canonical order."""
         self._check_patient(patient)
-        return [m for m in MODALITIES if (patient, m) in self._files]
+        return [m for m in self.kinds if (patient, m) in self._files]
 
     def files(self, patient: str, modality: str) -> list[Path]:
-        """The patient's files of one modality (empty if it has none), sorted by path."""
-        if modality not in MODALITIES:
-            raise ManifestError(f"unknown modality {modality!r}; valid: {', '.join(MODALITIES)}")
+        """The patient's files of one modality (empty if it has none, or if the cohort lacks the modality)."""
         self._check_patient(patient)
         return list(self._files.get((patient, modality), []))
 
+    def file_column(self, patient: str, modality: str, column: str) -> list[str | None]:
+        """Per-file values of a manifest column for one patient and modality, in :meth:`files` order."""
+        t = self._table
+        rows = t[(t[PATIENT_ID] == patient) & (t[MODALITY] == modality)]
+        if column not in rows:
+            return [None] * len(rows)
+        return [None if (text := _text(v)) == "" else text for v in rows[column]]
+
     def summary(self) -> pd.DataFrame:
         """File counts, patients x modalities, with a last row ``(patients with modality)``."""
-        present = [m for m in MODALITIES if m in set(self._table[MODALITY])]
+        present = [m for m in self.kinds if m in set(self._table[MODALITY])]
         counts = pd.crosstab(self._table[PATIENT_ID], self._table[MODALITY]).reindex(columns=present)
         counts.columns.name = None
         counts.loc["(patients with modality)"] = (counts > 0).sum()
@@ -478,11 +600,26 @@ class Cohort:
         on the order of the manifest's rows.
         """
         digest = hashlib.sha256()
-        digest.update(self._table.drop(columns=[ROW], errors="ignore").to_csv(index=False).encode())
+        table = self._table.drop(columns=[ROW], errors="ignore")
+        # Kinds and value types that a manifest written before them implies leave the hash as it was.
+        if (table[KIND] == table[MODALITY].map(lambda m: LEGACY_KINDS.get(m, ""))).all():
+            table = table.drop(columns=[KIND])
+        if (table[VALUE_TYPE] == "").all():
+            table = table.drop(columns=[VALUE_TYPE])
+        digest.update(table.to_csv(index=False).encode())
         for path in sorted(set(self._table[PATH])):
             for name, stat in _stats(Path(path)):
                 digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()[:16]
+
+
+def known_kinds() -> list[str]:
+    """The registered kinds, built-in ones first."""
+    return sorted(KIND_REGISTRY.names(), key=lambda k: (_kind_rank(k), k))
+
+
+def _kind_rank(kind: str) -> int:
+    return KINDS.index(kind) if kind in KINDS else len(KINDS)
 
 
 def _stats(path: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -500,7 +637,7 @@ def _stats(path: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def _per_patient_metadata(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    columns = [c for c in table.columns if c not in (*REQUIRED_COLUMNS, ROW)]
+    columns = [c for c in table.columns if c not in (*REQUIRED_COLUMNS, ROW, KIND, VALUE_TYPE)]
     grouped = table.groupby(PATIENT_ID, sort=True)
     meta = pd.DataFrame(index=pd.Index(sorted(table[PATIENT_ID].unique()), name=PATIENT_ID))
     conflicts: dict[str, list[str]] = {}

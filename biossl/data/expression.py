@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from biossl.data.keys import PATIENT_ID
 from biossl.data.labels import id_text
 from biossl.errors import ExpressionError
+from biossl.keys import PATIENT_ID
 
 log = logging.getLogger(__name__)
 

@@ -39,17 +39,11 @@ from tqdm import tqdm
 from biossl import __version__
 from biossl.data.identity import file_identity
 from biossl.data.tiles import SlideTiles, TileDataset, cached_handle
+from biossl.device import resolve_device
 from biossl.errors import InputError, SlideError
 from biossl.io import atomic_h5
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from biossl.data.keys import PATIENT_ID
 from biossl.errors import InputError, ManifestError
+from biossl.keys import PATIENT_ID
 
 if TYPE_CHECKING:
     from biossl.data.cohort import Cohort

@@ -1,6 +1,6 @@
 """DNA sequences: reading FASTA/CSV files and turning sequences into token ids.
 
-Token ids follow :mod:`biossl.data.keys`: PAD=0, A=1, C=2, G=3, T=4, N=5, MASK=6. Lower case is
+Token ids follow :mod:`biossl.keys`: PAD=0, A=1, C=2, G=3, T=4, N=5, MASK=6. Lower case is
 folded to upper case; the other IUPAC ambiguity codes (R Y S W K M B D H V) are read as N and counted
 (:attr:`SequenceRecord.n_ambiguous`, and a log line per file). Any other character is an error.
 
@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from biossl.data.keys import MASK_TOKEN, NUCLEOTIDES, PAD_TOKEN
 from biossl.errors import SequenceError
+from biossl.keys import NUCLEOTIDES, PAD_TOKEN
+from biossl.tokens import N_TOKEN, reverse_complement_tokens
 
 log = logging.getLogger(__name__)
 
-N_TOKEN = NUCLEOTIDES.index("N") + 1
 IUPAC_AMBIGUOUS = "RYSWKMBDHV"
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fas")
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -40,8 +40,6 @@ for _i, _base in enumerate(NUCLEOTIDES, start=1):
     _ENCODE[ord(_base)] = _ENCODE[ord(_base.lower())] = _i
 for _code in IUPAC_AMBIGUOUS:
     _ENCODE[ord(_code)] = _ENCODE[ord(_code.lower())] = N_TOKEN
-#: Complement per token id: PAD, A<->T, C<->G, N, MASK.
-_COMPLEMENT = np.array([PAD_TOKEN, 4, 3, 2, 1, N_TOKEN, MASK_TOKEN], dtype=np.int64)
 #: Characters per token id for :func:`decode` (PAD is dropped, MASK shows as "?").
 _DECODE = np.array(["", *NUCLEOTIDES, "?"])
 #: Column of a CSV/TSV sequence table that names each row's patient.
@@ -121,15 +119,12 @@ def reverse_complement(tokens: np.ndarray) -> np.ndarray:
     only the part before it is reversed, so a padded batch stays left-aligned. Applying this twice
     gives back the input.
     """
+    import torch
+
     x = np.asarray(tokens, dtype=np.int64)
     if x.ndim not in (1, 2):
         raise ValueError(f"reverse_complement takes 1-D or 2-D tokens, got shape {x.shape}")
-    rows = np.atleast_2d(x)
-    real = rows != PAD_TOKEN
-    length = np.where(real.any(axis=1), rows.shape[1] - np.argmax(real[:, ::-1], axis=1), 0)[:, None]
-    j = np.arange(rows.shape[1])[None, :]
-    src = np.where(j < length, length - 1 - j, j)
-    out = _COMPLEMENT[np.take_along_axis(rows, src, axis=1)]
+    out = reverse_complement_tokens(torch.from_numpy(np.atleast_2d(x).copy())).numpy()
     return out[0] if x.ndim == 1 else out
 
 

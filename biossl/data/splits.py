@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from biossl.data.keys import PATIENT_ID
 from biossl.data.labels import MAX_NAMED, look_alike_note, look_alikes, read_table, warn_look_alikes
 from biossl.errors import InputError, ManifestError
 from biossl.io import atomic_path
+from biossl.keys import PATIENT_ID
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,66 @@ def _per_patient(values: Mapping[str, Hashable] | pd.Series, patients: list[str]
         raise InputError(f"{len(missing)} patient(s) have no {what}, e.g. {missing[:MAX_NAMED]}; give every "
                          f"patient a {what} or leave those patients out of the split")
     return series.loc[patients].astype(str).to_numpy()
+
+
+def kfold(n: int, n_folds: int, *, labels: Sequence[Hashable] | np.ndarray | None = None,
+          groups: Sequence[Hashable] | np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Fold ``0 .. n_folds - 1`` of each of ``n`` rows: biossl's one k-fold assignment.
+
+    scikit-learn's shuffled splitters seeded ``seed``: :class:`~sklearn.model_selection.StratifiedGroupKFold`
+    with ``labels`` and ``groups``, :class:`~sklearn.model_selection.StratifiedKFold` with ``labels``,
+    :class:`~sklearn.model_selection.GroupKFold` with ``groups``, else :class:`~sklearn.model_selection.KFold`.
+    Rows of one group share a fold; folds keep the class proportions as far as the groups allow. The
+    patient splits (:func:`make_splits`), the inner CV of the downstream heads and the audit's heads
+    all call it, so one seed gives the same folds everywhere. The caller checks the counts (sklearn's
+    own ``ValueError`` otherwise).
+
+    Returns:
+        ``int64 [n]``.
+    """
+    x = np.zeros(n)
+    y = None if labels is None else np.asarray(labels)
+    g = None if groups is None else np.asarray(groups)
+    if y is not None and g is not None:
+        folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(x, y, g)
+    elif y is not None:
+        folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y)
+    elif g is not None:
+        folds = GroupKFold(n_folds, shuffle=True, random_state=seed).split(x, groups=g)
+    else:
+        folds = KFold(n_folds, shuffle=True, random_state=seed).split(x)
+    fold = np.full(n, -1, dtype=np.int64)
+    for k, (_, test) in enumerate(folds):
+        fold[test] = k
+    return fold
+
+
+def fold_rows(fold: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(training rows, test rows)]`` of folds ``0 .. K-1`` of a fold-per-row array, both sorted.
+
+    For :func:`kfold`'s folds these are exactly the pairs the scikit-learn splitter yields.
+    """
+    fold = np.asarray(fold)
+    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(int(fold.max()) + 1)]
+
+
+def deal_folds(groups: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each row: the groups ``0 .. G-1`` shuffled (numpy generator seeded ``seed``), dealt round-robin.
+
+    The audit's folds (its grouped probes; its clean-vs-corrupted detectability with ``groups = arange(n)``):
+    group-preserving and label-blind, with fold sizes that differ by at most one group.
+
+    Raises:
+        InputError: fewer groups than folds.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    n_groups = int(groups.max()) + 1 if groups.size else 0
+    if n_groups < n_folds:
+        raise InputError(f"{n_groups} groups for {n_folds} folds; use {max(2, n_groups)} folds or fewer")
+    order = np.random.default_rng(seed).permutation(n_groups)
+    fold_of_group = np.empty(n_groups, dtype=np.int64)
+    fold_of_group[order] = np.arange(n_groups) % n_folds
+    return fold_of_group[groups]
 
 
 def make_splits(
@@ -92,19 +152,7 @@ def make_splits(
             if n < n_splits:
                 raise InputError(f"class {cls!r} has only {n} {unit}, fewer than n_splits={n_splits}, so "
                                  "some folds would lack it; merge rare classes, use fewer folds or no labels")
-    x = np.zeros(len(ids))
-    if y is not None and g is not None:
-        folds = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(x, y, g)
-    elif y is not None:
-        folds = StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(x, y)
-    elif g is not None:
-        folds = GroupKFold(n_splits, shuffle=True, random_state=seed).split(x, groups=g)
-    else:
-        folds = KFold(n_splits, shuffle=True, random_state=seed).split(x)
-    fold = np.full(len(ids), -1)
-    for k, (_, test) in enumerate(folds):
-        fold[test] = k
-    out = pd.DataFrame({PATIENT_ID: ids, FOLD: fold})
+    out = pd.DataFrame({PATIENT_ID: ids, FOLD: kfold(len(ids), n_splits, labels=y, groups=g, seed=seed)})
     check_splits(out, groups=None if g is None else dict(zip(ids, g)))
     return out
 

@@ -55,11 +55,11 @@ from tqdm import tqdm
 
 from biossl.data.cohort import ROW, SLIDE_MPP
 from biossl.data.identity import FileIdentity, file_identity
-from biossl.data.keys import MODALITY, PATH, PATIENT_ID, WSI
 from biossl.data.tissue import TissueMask, detect_tissue, thumbnail, write_thumbnail
 from biossl.data.wsi import Slide, check_mpp, describe_mpp, disagreement, missing_mpp_message, mpp_problem
 from biossl.errors import ManifestError, SlideError
 from biossl.io import atomic_outputs, write_bytes
+from biossl.keys import MODALITY, PATH, PATIENT_ID, WSI
 
 logger = logging.getLogger(__name__)
 

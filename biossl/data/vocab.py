@@ -19,9 +19,9 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from biossl.data.keys import PATIENT_ID
 from biossl.errors import ExpressionError
 from biossl.io import write_text_atomic
+from biossl.keys import PATIENT_ID
 
 log = logging.getLogger(__name__)
 

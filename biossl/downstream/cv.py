@@ -45,13 +45,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from biossl.data.keys import PATIENT_ID
 from biossl.data.labels import MAX_NAMED, look_alike_note, look_alikes, warn_look_alikes
 from biossl.data.splits import FOLD, TRAIN_ONLY, make_splits
 from biossl.downstream.methods import Method
 from biossl.downstream.metrics import NonFiniteSurvival, integrated_brier_score, survival_horizon, uno_c_index
 from biossl.downstream.tasks import Task
 from biossl.errors import InputError
+from biossl.keys import PATIENT_ID
 
 logger = logging.getLogger(__name__)
 

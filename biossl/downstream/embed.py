@@ -39,11 +39,11 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from biossl import __version__
-from biossl.data import keys
+from biossl import __version__, keys
 from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, batch_to, collate_bags
 from biossl.data.cohort import Cohort, read_manifest
 from biossl.data.labels import MAX_NAMED, check_obs_columns, read_labels
+from biossl.encoders.patient import PatientEncoder, PatientModel
 from biossl.errors import InputError
 from biossl.io import write_h5ad_atomic
 
@@ -72,8 +72,7 @@ def bag_spec_of(state: dict[str, Any], modalities: Iterable[str], checkpoint: Pa
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()
               if k in BagSpec.__dataclass_fields__}
     spec = BagSpec(**fields)
-    wanted = set(modalities)
-    spec.modalities = tuple(m for m in keys.MODALITIES if m in wanted and m in spec.modalities)
+    spec.modalities = tuple(modalities)
     return spec
 
 
@@ -172,7 +171,7 @@ def _obs_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str | Path | None = None,
+def open_cohort(module: PatientModel, checkpoint: Path, manifest: Path, *, work_dir: str | Path | None = None,
                 features_dir: str | Path | None = None, skip_bad: bool = False, batch_size: int = 8,
                 num_workers: int = 0, seed: int = 0) -> tuple[PatientBagDataset, Cohort, list[str], BagSpec]:
     """The patient-bag dataset of a cohort as a pretrained module reads it (bag spec, vocabulary, tiling).
@@ -180,7 +179,7 @@ def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str 
     Slides without tile coordinates are tiled into ``work_dir`` first (as pretraining does).
 
     Args:
-        module: A :class:`~biossl.modules.pretrain.PretrainModule` loaded from ``checkpoint``.
+        module: The :class:`~biossl.encoders.patient.PatientEncoder` loaded from ``checkpoint``.
         checkpoint: Its file, for messages.
         manifest: The cohort manifest.
         work_dir: Tile coordinates and scan cache; default: :func:`default_work_dir` (the pretraining run's
@@ -197,38 +196,74 @@ def open_cohort(module: Any, checkpoint: Path, manifest: Path, *, work_dir: str 
     Raises:
         InputError: the checkpoint lacks what the data needs (bag spec, vocabulary, feature folder).
     """
-    from biossl.data.datamodule import BagDataModule
-    from biossl.data.vocab import GeneVocabulary
+    from biossl.modules.datamodule import BagDataModule
 
     state = module.data_state
-    modalities = [m for m in keys.MODALITIES if m in module.modality_specs]
+    modalities = list(keys.canonical_order(module.modality_specs))
+    kinds = {m: module.kind_of(m) for m in modalities}
+    states = modality_states(state, kinds)
     spec = bag_spec_of(state, modalities, checkpoint)
     data_cfg = _pretrain_data_config(state)
-    if keys.WSI in modalities and str(module.modality_specs[keys.WSI].get("encoder", "")).startswith("features/"):
+    if any(kinds[m] == keys.SLIDE and str(module.modality_specs[m].get("encoder", "")).startswith("features/")
+           for m in modalities):
         features_dir = features_dir or _checkpoint_features_dir(state, checkpoint, manifest, skip_bad=skip_bad)
-    if keys.EXPRESSION in modalities and not state.get("vocabulary"):
-        raise InputError(f"checkpoint {checkpoint} has an expression encoder but no gene vocabulary; "
-                         "re-run pretraining with this biossl version")
+    for m in modalities:
+        if kinds[m] == keys.TABLE and not states.get(m, {}).get("vocabulary"):
+            raise InputError(f"checkpoint {checkpoint} has a {m} table encoder but no feature vocabulary for it; "
+                             "re-run pretraining with this biossl version")
     work = Path(work_dir) if work_dir else default_work_dir(state, manifest, skip_bad=skip_bad)
     dm = BagDataModule(
         manifest, work_dir=work, spec=spec, batch_size=batch_size, num_workers=num_workers, seed=seed,
         mpp=float(data_cfg.get("mpp") or 0.5), tile_size=int(data_cfg.get("tile_size") or 256),
         min_tissue=float(data_cfg.get("min_tissue") or 0.5), slide_mpp=data_cfg.get("slide_mpp"), skip_bad=skip_bad,
         override_slide_mpp=data_cfg.get("override_slide_mpp"), features_dir=features_dir,
+        kinds=kinds,
     )
-    if state.get("vocabulary"):
-        dm.vocabulary = GeneVocabulary(state["vocabulary"])
+    dm.states = states
     dm.prepare_data()
     dm.setup("predict")
     dataset, cohort = dm.dataset, dm.cohort
     assert dataset is not None and cohort is not None
-    if keys.EXPRESSION in modalities:
-        _check_gene_overlap(dataset, cohort, checkpoint, len(state["vocabulary"]))
+    unknown = [m for m in cohort.modalities if m not in kinds]
+    if unknown:
+        logger.warning("manifest %s: modalities %s are not the checkpoint's (%s) and are not embedded; rename them "
+                       "to the checkpoint's names if they are the same data", manifest, unknown, ", ".join(modalities))
+    missing = [m for m in modalities if m not in cohort.kinds]
+    if missing:
+        logger.warning("manifest %s has no %s rows: X_%s will be empty (NaN)", manifest, "/".join(missing),
+                       "/X_".join(missing))
+    clash = {m: (cohort.kinds[m], kinds[m]) for m in modalities if m in cohort.kinds and cohort.kinds[m] != kinds[m]}
+    if clash:
+        said = "; ".join(f"{m} is a {a} in the manifest but a {b} in the checkpoint" for m, (a, b) in clash.items())
+        raise InputError(f"manifest {manifest}: {said}; fix the manifest's kind column")
+    for m in modalities:
+        given = cohort.options.get(m, {}).get(keys.VALUE_TYPE) or None
+        trained = states.get(m, {}).get("value_type") or None
+        if m in cohort.kinds and given is not None and given != trained:
+            raise InputError(f"manifest {manifest}: modality {m!r} has value_type {given or 'none (detect)'} but the "
+                             f"checkpoint's {m} encoder was trained on {trained or 'none (detect)'}; give the "
+                             "manifest's value_type column the checkpoint's, or leave it empty")
+    for m in modalities:
+        if kinds[m] == keys.TABLE and m in dataset.sources:
+            _check_gene_overlap(dataset, m, cohort, checkpoint, len(states[m]["vocabulary"]))
     return dataset, cohort, modalities, spec
 
 
-def _check_gene_overlap(dataset: PatientBagDataset, cohort: Cohort, checkpoint: Path, n_genes: int) -> None:
-    """Refuse expression that shares no gene with the checkpoint's vocabulary (a different gene vocabulary).
+def modality_states(state: dict[str, Any], kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per modality, what the checkpoint recorded to open it (``data_state["modalities"]``).
+
+    A checkpoint written before kinds kept the one table's vocabulary as ``data_state["vocabulary"]``:
+    it becomes the ``expression`` modality's.
+    """
+    states = {m: dict(v) for m, v in (state.get("modalities") or {}).items()}
+    if keys.EXPRESSION in kinds and state.get("vocabulary") and not states.get(keys.EXPRESSION, {}).get("vocabulary"):
+        states.setdefault(keys.EXPRESSION, {})["vocabulary"] = list(state["vocabulary"])
+    return states
+
+
+def _check_gene_overlap(dataset: PatientBagDataset, modality: str, cohort: Cohort, checkpoint: Path,
+                        n_genes: int) -> None:
+    """Refuse a table that shares no feature with the checkpoint's vocabulary (a different gene vocabulary).
 
     Genes missing from a table are masked, so a partial overlap works (and is logged while aligning);
     with no gene in common every profile would be all-masked and its embedding meaningless.
@@ -236,11 +271,12 @@ def _check_gene_overlap(dataset: PatientBagDataset, cohort: Cohort, checkpoint: 
     Raises:
         InputError: some expression file of the cohort has none of the checkpoint's genes.
     """
-    aligned: dict[str, tuple[np.ndarray, np.ndarray]] = getattr(dataset, "_expr", {})
+    aligned: dict[str, tuple[np.ndarray, np.ndarray]] = getattr(dataset.sources[modality], "rows", {})
     disjoint = sorted({str(path) for p, (_, mask) in aligned.items() if not mask.any()
-                       for path in cohort.files(p, keys.EXPRESSION)})
+                       for path in cohort.files(p, modality)})
     if disjoint:
-        raise InputError(f"expression {', '.join(disjoint[:3])} shares no gene with the {n_genes}-gene vocabulary of "
+        raise InputError(f"{modality} table {', '.join(disjoint[:3])} shares no feature with the {n_genes}-gene "
+                         "vocabulary of "
                          f"checkpoint {checkpoint} (another gene vocabulary: symbols vs Ensembl IDs, another panel?); "
                          "rename the genes to the checkpoint's (its data_state['vocabulary']) or pretrain on this "
                          "cohort")
@@ -261,7 +297,7 @@ def embed_cohort(
     skip_bad: bool = False,
     device: str | torch.device = "cpu",
 ) -> ad.AnnData:
-    """Embed every patient of a cohort with a pretrained module; see the module docstring for the layout.
+    """Embed every patient of a cohort with a checkpoint's patient encoder; see the module docstring for the layout.
 
     Args:
         checkpoint: ``.ckpt`` written by ``biossl pretrain`` (loaded safely, weights only).
@@ -293,11 +329,11 @@ def embed_cohort(
 
 @dataclass
 class LoadedCohort:
-    """A pretraining checkpoint's module and a cohort's patient bags as it reads them (:func:`load_cohort`)."""
+    """A pretraining checkpoint's patient encoder and a cohort's patient bags as it reads them (:func:`load_cohort`)."""
 
     checkpoint: Path
     manifest: Path
-    module: Any
+    module: PatientEncoder
     dataset: PatientBagDataset
     cohort: Cohort
     modalities: list[str]
@@ -315,10 +351,8 @@ def load_cohort(checkpoint: str | Path, manifest: str | Path, *, work_dir: str |
     Raises:
         InputError: as :func:`embed_cohort`, for the checkpoint and the manifest.
     """
-    from biossl.modules.pretrain import PretrainModule
-
     checkpoint, manifest = Path(checkpoint), Path(manifest)
-    module = PretrainModule.from_checkpoint(checkpoint)
+    module = PatientEncoder.from_checkpoint(checkpoint)
     metadata = [c for c in read_manifest(manifest).columns if c not in (*keys.REQUIRED_COLUMNS, "manifest_row")]
     check_obs_columns(metadata, f"manifest {manifest}")  # they become obs columns: fail before the work
     dataset, cohort, modalities, spec = open_cohort(module, checkpoint, manifest, work_dir=work_dir,
@@ -404,7 +438,7 @@ BatchTransform = Callable[[dict[str, Any], list[int]], dict[str, Any] | None]
 Embedded = tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]
 
 
-def embed_dataset(module: Any, dataset: PatientBagDataset, modalities: list[str], *, batch_size: int = 8,
+def embed_dataset(module: PatientModel, dataset: PatientBagDataset, modalities: list[str], *, batch_size: int = 8,
                   num_workers: int = 0, seed: int = 0, device: str | torch.device = "cpu",
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """Pooled embedding of every patient of ``dataset`` (in its order), per modality and fused.
@@ -423,14 +457,14 @@ def embed_dataset(module: Any, dataset: PatientBagDataset, modalities: list[str]
     return emb, has, fused
 
 
-def embed_views(module: Any, dataset: PatientBagDataset,
+def embed_views(module: PatientModel, dataset: PatientBagDataset,
                 views: Mapping[Hashable, tuple[Sequence[str], BatchTransform | None]], *, fuse: bool = True,
                 batch_size: int = 8, num_workers: int = 0, seed: int = 0, device: str | torch.device = "cpu",
                 ) -> dict[Hashable, Embedded]:
     """:func:`embed_dataset` of several views of every batch, each batch read once (the epoch-0 draw).
 
     Args:
-        module: Anything with ``encode_batch`` and ``embed_dim`` (a pretraining module).
+        module: The patient encoder (or the pretraining module while it trains: a :class:`PatientModel`).
         dataset: The patient bags.
         views: Name -> (its modalities, a :data:`BatchTransform` applied to each batch first or ``None``).
             Each view encodes its modalities of the (transformed) batch.
@@ -443,18 +477,18 @@ def embed_views(module: Any, dataset: PatientBagDataset,
     Returns:
         Name -> ``(emb, has, fused)`` as :func:`embed_dataset` returns them.
     """
-    from biossl.encoders.fusion import MeanFusion
+    from biossl.device import resolve_device
+    from biossl.encoders.fusion import fused_embedding
 
     loader = DataLoader(dataset, batch_size=batch_size, sampler=BagSampler(len(dataset), shuffle=False, seed=seed),
                         collate_fn=collate_bags, num_workers=num_workers)
-    device = torch.device(device)
+    device = resolve_device(device)
     module.eval().to(device)
     n, dim = len(dataset), module.embed_dim
     out: dict[Hashable, Embedded] = {
         name: ({m: np.full((n, dim), np.nan, dtype=np.float32) for m in mods},
                {m: np.zeros(n, dtype=bool) for m in mods}, np.zeros((n, dim), dtype=np.float32) if fuse else None)
         for name, (mods, _) in views.items()}
-    fusions = {name: MeanFusion(dim, list(mods)) for name, (mods, _) in views.items()} if fuse else {}
     start = 0
     with torch.no_grad():
         for batch in loader:
@@ -464,7 +498,7 @@ def embed_views(module: Any, dataset: PatientBagDataset,
                 view = batch if transform is None else transform(batch, indices)
                 if view is None:
                     continue
-                view = {k: v for k, v in view.items() if k not in keys.MODALITIES or k in mods}
+                view = {k: v for k, v in view.items() if k in ("patient_id", keys.METADATA) or k in mods}
                 pooled, present, _ = module.encode_batch(batch_to(view, device), with_masked_loss=False)
                 emb, has, fused = out[name]
                 for m in pooled:
@@ -472,8 +506,7 @@ def embed_views(module: Any, dataset: PatientBagDataset,
                     emb[m][rows] = pooled[m][present[m]].float().cpu().numpy()
                     has[m][rows] = True
                 if pooled and fused is not None:
-                    normed = {m: torch.nn.functional.normalize(v.float(), dim=1) for m, v in pooled.items()}
-                    fused[indices[0]:indices[-1] + 1] = fusions[name](normed, present)[0].cpu().numpy()
+                    fused[indices[0]:indices[-1] + 1] = fused_embedding(pooled, present).cpu().numpy()
     return out
 
 

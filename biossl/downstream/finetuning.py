@@ -4,8 +4,8 @@ Both are :class:`~biossl.downstream.methods.Method` implementations (:class:`Enc
 cross-validation scores them on the same patients and folds as the linear probe and the baselines.
 
 **Model.** For each patient, every modality of the embedding is encoded instance by instance, projected
-and pooled with the checkpoint's attention-MIL pool (:meth:`PretrainModule.encode_batch
-<biossl.modules.pretrain.PretrainModule.encode_batch>`), exactly as ``biossl embed`` does; ``X_fused``
+and pooled with the checkpoint's attention-MIL pool (:meth:`PatientEncoder.encode_batch
+<biossl.encoders.patient.PatientEncoder.encode_batch>`), exactly as ``biossl embed`` does; ``X_fused``
 is the mean of the L2-normalised embeddings of the modalities the patient has, ``X_<modality>`` one
 modality. The embedding is standardised with the mean and sd of the training patients' embeddings
 *before* training (fixed for the fit, the same transform the linear probe applies), then a head of
@@ -50,14 +50,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from biossl.data import keys
+from biossl import keys
 from biossl.data.bags import batch_to, collate_bags
-from biossl.data.features import resolve_device as auto_device
+from biossl.device import resolve_device
 from biossl.downstream.embed import FUSED
 from biossl.downstream.finetune_settings import FinetuneSettings
 from biossl.downstream.heads import Head
 from biossl.downstream.methods import SURVIVAL_PSEUDO_LABELS, make_head
 from biossl.downstream.tasks import Task
+from biossl.encoders.patient import PatientEncoder
 from biossl.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ SMALL_FIT = 64
 
 
 class CohortBags:
-    """A cohort's patient bags as a pretraining checkpoint reads them, with the frozen pretrained module.
+    """A cohort's patient bags as a pretraining checkpoint reads them, with its frozen patient encoder.
 
     Built once and shared by the probe's embeddings, the fine-tuned and the from-scratch methods.
 
@@ -86,11 +87,10 @@ class CohortBags:
     def __init__(self, checkpoint: str | Path, manifest: str | Path, *, work_dir: str | Path | None = None,
                  features_dir: str | Path | None = None, skip_bad: bool = False, seed: int = 0) -> None:
         from biossl.downstream.embed import open_cohort
-        from biossl.modules.pretrain import PretrainModule
 
         self.checkpoint, self.manifest = Path(checkpoint), Path(manifest)
-        #: The pretrained module, never trained here (fits train deep copies of it).
-        self.module = PretrainModule.from_checkpoint(self.checkpoint).eval()
+        #: The pretrained patient encoder, never trained here (fits train deep copies of it).
+        self.module = PatientEncoder.from_checkpoint(self.checkpoint).eval()
         #: Names of the parameters the architecture trains (fixed ones, e.g. sin-cos position embeddings, stay fixed).
         self.trainable = {name for name, p in self.module.named_parameters() if p.requires_grad}
         for p in self.module.parameters():
@@ -123,18 +123,22 @@ class CohortBags:
     def batch(self, patients: Sequence[str], epoch: int, modalities: Sequence[str]) -> dict[str, Any]:
         """Collated bags of ``patients`` drawn as at ``epoch``, restricted to ``modalities``."""
         batch = collate_bags([self.dataset[(self._index[p], epoch)] for p in patients])
-        return {k: v for k, v in batch.items() if k not in keys.MODALITIES or k in modalities}
+        return {k: v for k, v in batch.items() if k in ("patient_id", keys.METADATA) or k in modalities}
 
-    def fresh_module(self, seed: int) -> Any:
-        """The checkpoint's architecture (stored specs and hyper-parameters) with random weights from ``seed``."""
+    def fresh_module(self, seed: int) -> PatientEncoder:
+        """The checkpoint's architecture (stored specs and hyper-parameters) with random weights from ``seed``.
+
+        Built as pretraining builds it (the objectives' heads included: they draw from the same random
+        stream), so the weights are those pretraining would start from with ``seed``.
+        """
         from biossl.modules.pretrain import PretrainModule
 
-        hparams = {k: v for k, v in dict(self.module.hparams).items() if not k.startswith("_")}
+        hparams = {k: v for k, v in self.module.hparams.items() if not k.startswith("_")}
         hparams.update(modalities=copy.deepcopy(self.module.data_state["modality_specs"]), seed=seed)
         module = PretrainModule(**hparams)
         module.data_state = copy.deepcopy(self.module.data_state)
         module.configure_model()
-        return module
+        return module.patient_encoder()
 
     def embeddings(self, embedding: str = FUSED, *, device: str | torch.device = "cpu",
                    batch_size: int = 16) -> pd.DataFrame:
@@ -157,10 +161,10 @@ class CohortBags:
 
 
 class BagModel(nn.Module):
-    """Encoders, projections and attention-MIL pools of a pretraining module, then (optionally) a head.
+    """Encoders, projections and attention-MIL pools of a patient encoder, then (optionally) a head.
 
     Args:
-        module: A :class:`~biossl.modules.pretrain.PretrainModule` (its masked-modelling heads are not used).
+        module: A :class:`~biossl.encoders.patient.PatientEncoder`.
         modalities: The modalities of the embedding (one, or all for the fused embedding).
         fused: Fuse (mean of L2-normalised modality embeddings, as ``X_fused``) or take the one modality's.
         head: Task head on the standardised embedding; ``None`` to embed only.
@@ -169,7 +173,8 @@ class BagModel(nn.Module):
     shift: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, module: Any, modalities: Sequence[str], *, fused: bool = True, head: Head | None = None) -> None:
+    def __init__(self, module: PatientEncoder, modalities: Sequence[str], *, fused: bool = True,
+                 head: Head | None = None) -> None:
         super().__init__()
         self.backbone = module
         self.modalities = list(modalities)
@@ -196,13 +201,12 @@ class BagModel(nn.Module):
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """The patient embedding ``[B, D]`` (fused: mean of the present modalities' unit vectors)."""
-        from biossl.encoders.fusion import MeanFusion
+        from biossl.encoders.fusion import fused_embedding
 
         pooled, present, _ = self.backbone.encode_batch(batch, with_masked_loss=False)
         if not self.fused:
             return pooled[self.modalities[0]].float()
-        normed = {m: nn.functional.normalize(v.float(), dim=1) for m, v in pooled.items()}
-        return MeanFusion(normed[next(iter(normed))].shape[1], list(normed))(normed, present)[0]
+        return fused_embedding(pooled, present)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Head outputs on the standardised embedding (float32, outside any autocast)."""
@@ -240,7 +244,7 @@ class EncoderFinetune:
         self.settings.check()
         self.semi_supervised = semi_supervised
         self.name = name or (mode + ("+pl" if semi_supervised else ""))
-        self.device = auto_device(device) if isinstance(device, str) else device
+        self.device = resolve_device(device)
         self.used = bags.modalities_for(embedding)
         self._patients = bags.patients_with(self.used)
         #: What the last fit reports (epochs, losses, seconds, pseudo-label use).
@@ -275,8 +279,8 @@ class EncoderFinetune:
                                       "weight": s.pseudo_weight}
         return out
 
-    def backbone(self, seed: int) -> Any:
-        """The module a fit starts from: a copy of the pretrained one, or fresh random weights (scratch)."""
+    def backbone(self, seed: int) -> PatientEncoder:
+        """The encoder a fit starts from: a copy of the pretrained one, or fresh random weights (scratch)."""
         if self.mode == "scratch":
             module = self.bags.fresh_module(SCRATCH_SEED_OFFSET + seed)
         else:
@@ -400,4 +404,4 @@ class EncoderFinetune:
 
 
 __all__ = ["FUSED", "SCRATCH_SEED_OFFSET", "SMALL_FIT", "BagModel", "CohortBags", "EncoderFinetune",
-           "FinetuneSettings", "auto_device"]
+           "FinetuneSettings"]

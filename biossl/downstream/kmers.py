@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from biossl.data import keys
+from biossl import keys
 from biossl.downstream.tasks import Task
 from biossl.errors import InputError
+from biossl.tokens import COMPLEMENT
 
 #: Largest k accepted (4**8 = 65,536 columns).
 MAX_K = 8
@@ -38,6 +39,8 @@ _BASES = "ACGT"
 _CODE = np.full(256, -1, dtype=np.int64)
 for _i, _b in enumerate(_BASES):
     _CODE[ord(_b)] = _CODE[ord(_b.lower())] = _i
+#: Code (0..3 over ``ACGT``) of each code's complement, from the token table (token id = code + 1).
+_COMPLEMENT_CODE = np.array([COMPLEMENT[keys.NUCLEOTIDES.index(b) + 1] - 1 for b in _BASES], dtype=np.int64)
 
 
 def _check_k(k: int) -> None:
@@ -61,7 +64,7 @@ def _reverse_complement_index(k: int) -> np.ndarray:
     """Index of the reverse complement of each k-mer index."""
     idx = np.arange(4**k)
     digits = (idx[:, None] // 4 ** np.arange(k - 1, -1, -1)) % 4  # [4**k, k], most significant first
-    rc = (3 - digits)[:, ::-1]  # complement (A<->T, C<->G is 3 - code with ACGT order), reversed
+    rc = _COMPLEMENT_CODE[digits][:, ::-1]  # complemented, then reversed
     return (rc * 4 ** np.arange(k - 1, -1, -1)).sum(axis=1)
 
 
@@ -119,7 +122,7 @@ def patient_kmer_frequencies(cohort: Any, k: int = 4, *, canonical: bool = False
 
     rows, patients = [], []
     for p in cohort.patients:
-        files: Sequence[Path] = cohort.files(p, keys.SEQUENCE)
+        files: Sequence[Path] = [f for m in cohort.of_kind(keys.SEQUENCE) for f in cohort.files(p, m)]
         if not files:
             continue
         seqs = [r.sequence for f in files for r in patient_sequences(f, p)]
@@ -129,8 +132,8 @@ def patient_kmer_frequencies(cohort: Any, k: int = 4, *, canonical: bool = False
         rows.append(counts / counts.sum())
         patients.append(str(p))
     if not rows:
-        raise InputError(f"--baseline-kmer: no patient of the cohort has a DNA sequence file (modality "
-                         f"{keys.SEQUENCE!r}) with a k-mer of length {k}; drop --baseline-kmer or add sequences")
+        raise InputError(f"--baseline-kmer: no patient of the cohort has a DNA sequence file (a modality of "
+                         f"kind {keys.SEQUENCE!r}) with a k-mer of length {k}; drop --baseline-kmer or add sequences")
     return pd.DataFrame(np.stack(rows), index=pd.Index(patients, name="patient_id"),
                         columns=kmer_names(k, canonical=canonical))
 

@@ -362,7 +362,7 @@ class LinearProbe:
 
     def _select_l2(self, task: Task, x: np.ndarray, train: np.ndarray, seed: int) -> tuple[float, dict[str, float]]:
         """The grid's penalty with the best inner-CV score on the training patients (see the class docstring)."""
-        from sklearn.model_selection import StratifiedKFold
+        from biossl.data.splits import fold_rows, kfold
 
         strata = task.strata().to_numpy()[train]
         n_splits = min(INNER_FOLDS, int(pd.Series(strata).value_counts().min()))
@@ -371,7 +371,7 @@ class LinearProbe:
                            "L2 %g used", self.name, self.l2_grid[len(self.l2_grid) // 2])
             return self.l2_grid[len(self.l2_grid) // 2], {}
         metric = "c_index" if task.kind == "survival" else "macro_auroc"
-        folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(train)), strata))
+        folds = fold_rows(kfold(len(train), n_splits, labels=strata, seed=seed))
         values: dict[float, list[float]] = {l2: [] for l2 in self.l2_grid}
         for inner_train, inner_val in folds:
             a, b = train[inner_train], train[inner_val]

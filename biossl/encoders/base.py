@@ -21,7 +21,7 @@ class ModalityModel(nn.Module, abc.ABC):
       expression only, so that unobserved genes are neither inputs nor targets.
 
     Instance shapes: tiles ``[N, 3, H, W]`` float, volume patches ``[N, 1, D, H, W]`` float,
-    expression ``[N, G]`` float, sequences ``[N, L]`` int64 tokens (see :mod:`biossl.data.keys`).
+    expression ``[N, G]`` float, sequences ``[N, L]`` int64 tokens (see :mod:`biossl.keys`).
     """
 
     embed_dim: int

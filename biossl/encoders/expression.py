@@ -1,4 +1,9 @@
-"""Expression instance models: a transformer over gene tokens and an MLP, both with masked genes.
+"""Table instance models: a transformer over feature tokens and an MLP, both with masked features.
+
+Registered as ``table/transformer`` and ``table/mlp`` (and, for configs written before kinds, as
+``expression/transformer`` and ``expression/mlp``). The masked loss fits the table's value type
+(``value_type``): MSE for ``counts`` and ``continuous``, binary cross-entropy for ``binary``,
+cross-entropy over ``n_categories`` codes for ``categorical`` (:mod:`biossl.kinds.table`).
 
 Input is ``x [N, G]`` float (one row per cell / sample, columns in a fixed gene order) and
 ``gene_mask [N, G]`` bool (True = the gene was measured). Unobserved genes are neither inputs nor
@@ -54,8 +59,11 @@ class ExpressionTransformer(ModalityModel):
         heads: int = 4,
         mask_ratio: float = 0.15,
         dropout: float = 0.0,
+        value_type: str = "continuous",
+        n_categories: int = 0,
     ) -> None:
         super().__init__()
+        self.value_type, outputs = _value_head_width(value_type, n_categories)
         if n_genes < 1 or embed_dim % heads:
             raise ValueError(
                 f"need n_genes >= 1 and embed_dim divisible by heads, got {n_genes}, {embed_dim}, {heads}"
@@ -75,7 +83,7 @@ class ExpressionTransformer(ModalityModel):
         self.encoder = nn.TransformerEncoder(
             layer, depth, norm=nn.LayerNorm(embed_dim), enable_nested_tensor=False
         )
-        self.value_head = nn.Linear(embed_dim, 1)
+        self.value_head = nn.Linear(embed_dim, outputs)
         self.objective = MaskedTokens(mask_ratio=mask_ratio)
 
     def _encode(
@@ -102,8 +110,9 @@ class ExpressionTransformer(ModalityModel):
         values, observed = _prepare(x, gene_mask, self.n_genes)
         selected = self.objective.select(observed)
         h = self._encode(values, observed, selected)
-        pred = self.value_head(h[:, 1:]).squeeze(-1)
-        return self.objective.regression_loss(pred, values, selected)
+        out = self.value_head(h[:, 1:])
+        out = out if self.value_type == "categorical" else out.squeeze(-1)
+        return self.objective.value_loss(out, values, selected, self.value_type)
 
 
 class ExpressionMLP(ModalityModel):
@@ -115,9 +124,13 @@ class ExpressionMLP(ModalityModel):
     """
 
     def __init__(
-        self, *, n_genes: int, embed_dim: int = 64, depth: int = 2, mask_ratio: float = 0.15
+        self, *, n_genes: int, embed_dim: int = 64, depth: int = 2, mask_ratio: float = 0.15,
+        dropout: float = 0.0, value_type: str = "continuous", n_categories: int = 0,
     ) -> None:
         super().__init__()
+        self.value_type, outputs = _value_head_width(value_type, n_categories)
+        self.n_outputs = outputs
+        self.input_dropout = nn.Dropout(dropout)  # no parameters: state-dict names are those of older versions
         if n_genes < 1 or depth < 1:
             raise ValueError(f"need n_genes >= 1 and depth >= 1, got {n_genes}, {depth}")
         self.n_genes, self.embed_dim = n_genes, embed_dim
@@ -129,12 +142,13 @@ class ExpressionMLP(ModalityModel):
             width = hidden
         layers.append(nn.Linear(width, embed_dim))
         self.encoder = nn.Sequential(*layers)
-        self.decoder = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, n_genes))
+        self.decoder = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, n_genes * outputs))
         self.objective = MaskedTokens(mask_ratio=mask_ratio)
 
     def _encode(self, values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         obs = observed.to(values.dtype)
-        out: torch.Tensor = self.encoder(torch.cat([values * obs, obs], dim=1))
+        inputs = self.input_dropout(torch.cat([values * obs, obs], dim=1))
+        out: torch.Tensor = self.encoder(inputs)
         return out
 
     def embed(self, x: torch.Tensor, *, gene_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -146,23 +160,41 @@ class ExpressionMLP(ModalityModel):
         """Denoising loss: MSE of reconstructed vs true values on the dropped observed genes only."""
         values, observed = _prepare(x, gene_mask, self.n_genes)
         selected = self.objective.select(observed)
-        pred = self.decoder(self._encode(values, observed & ~selected))
-        return self.objective.regression_loss(pred, values, selected)
+        out = self.decoder(self._encode(values, observed & ~selected))
+        if self.value_type == "categorical":
+            out = out.view(out.shape[0], self.n_genes, self.n_outputs)
+        return self.objective.value_loss(out, values, selected, self.value_type)
 
 
+def _value_head_width(value_type: str, n_categories: int) -> tuple[str, int]:
+    """``(value_type, outputs per feature)``; checks the pair."""
+    if value_type in ("counts", "continuous", "binary"):
+        return value_type, 1
+    if value_type == "categorical":
+        if n_categories < 2:
+            raise ValueError(f"a categorical table model needs n_categories >= 2, got {n_categories}")
+        return value_type, int(n_categories)
+    raise ValueError(f"unknown value_type {value_type!r}; one of counts, continuous, binary, categorical")
+
+
+@ENCODERS.register("table/transformer")
 @ENCODERS.register("expression/transformer")
-def expression_transformer(
-    *, n_genes: int, embed_dim: int = 64, depth: int = 2, heads: int = 4, mask_ratio: float = 0.15
+def table_transformer(
+    *, n_genes: int, embed_dim: int = 64, depth: int = 2, heads: int = 4, mask_ratio: float = 0.15,
+    dropout: float = 0.0, value_type: str = "continuous", n_categories: int = 0,
 ) -> ExpressionTransformer:
-    """Gene-token transformer with masked gene modelling (CPU size by default; see module doc)."""
-    return ExpressionTransformer(
-        n_genes=n_genes, embed_dim=embed_dim, depth=depth, heads=heads, mask_ratio=mask_ratio
-    )
+    """Feature-token transformer with masked feature modelling fitted to the value type (CPU size by default)."""
+    return ExpressionTransformer(n_genes=n_genes, embed_dim=embed_dim, depth=depth, heads=heads,
+                                 mask_ratio=mask_ratio, dropout=dropout, value_type=value_type,
+                                 n_categories=n_categories)
 
 
+@ENCODERS.register("table/mlp")
 @ENCODERS.register("expression/mlp")
-def expression_mlp(
-    *, n_genes: int, embed_dim: int = 64, depth: int = 2, mask_ratio: float = 0.15
+def table_mlp(
+    *, n_genes: int, embed_dim: int = 64, depth: int = 2, mask_ratio: float = 0.15, dropout: float = 0.0,
+    value_type: str = "continuous", n_categories: int = 0,
 ) -> ExpressionMLP:
-    """MLP encoder with a denoising (dropped-gene reconstruction) objective."""
-    return ExpressionMLP(n_genes=n_genes, embed_dim=embed_dim, depth=depth, mask_ratio=mask_ratio)
+    """MLP encoder with a denoising (dropped-feature reconstruction) objective fitted to the value type."""
+    return ExpressionMLP(n_genes=n_genes, embed_dim=embed_dim, depth=depth, mask_ratio=mask_ratio, dropout=dropout,
+                         value_type=value_type, n_categories=n_categories)

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from biossl.data.keys import MODALITIES
 from biossl.errors import InputError
+from biossl.keys import canonical_order
 
 
 class _Fusion(nn.Module):
@@ -24,11 +24,10 @@ class _Fusion(nn.Module):
 
     def __init__(self, dim: int, modalities: Sequence[str]) -> None:
         super().__init__()
-        unknown = sorted(set(modalities) - set(MODALITIES))
-        if unknown or not modalities:
-            raise InputError(f"fusion needs modalities from {MODALITIES}; got {list(modalities)}")
+        if not modalities:
+            raise InputError("fusion needs at least one modality")
         self.dim = dim
-        self.modalities = tuple(m for m in MODALITIES if m in set(modalities))
+        self.modalities = canonical_order(modalities)
 
     def _stack(
         self, embeddings: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]
@@ -63,7 +62,7 @@ class MeanFusion(_Fusion):
 
     Args:
         dim: Embedding size ``D`` (the same for every modality).
-        modalities: Modalities to fuse (names from :data:`biossl.data.keys.MODALITIES`).
+        modalities: Modalities to fuse (modality names).
     """
 
     def forward(
@@ -83,7 +82,7 @@ class AttentionFusion(_Fusion):
 
     Args:
         dim: Embedding size ``D`` (the same for every modality).
-        modalities: Modalities to fuse (names from :data:`biossl.data.keys.MODALITIES`).
+        modalities: Modalities to fuse (modality names).
     """
 
     def __init__(self, dim: int, modalities: Sequence[str]) -> None:
@@ -102,6 +101,28 @@ class AttentionFusion(_Fusion):
         scores = scores.masked_fill(~mask & mask.any(dim=1, keepdim=True), float("-inf"))
         weights = torch.softmax(scores, dim=1) * mask
         return torch.einsum("bm,bmd->bd", weights, x), weights
+
+
+def fused_embedding(embeddings: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The patient embedding biossl reports as ``X_fused``: the mean of the present modalities' unit vectors.
+
+    Each modality's embedding is L2-normalised (in float32), then :class:`MeanFusion` averages those of
+    the modalities each patient has; a patient with none gets zeros. ``biossl embed`` (``X_fused``), the
+    fine-tuned models and every other fused embedding call this one function.
+
+    Args:
+        embeddings: ``{modality: [B, D]}`` (at least one modality).
+        present: ``{modality: bool [B]}``, True where the patient has the modality.
+
+    Returns:
+        ``float32 [B, D]``.
+    """
+    if not embeddings:
+        raise ValueError("fused_embedding needs at least one modality's embeddings")
+    normed = {m: nn.functional.normalize(v.float(), dim=1) for m, v in embeddings.items()}
+    dim = next(iter(normed.values())).shape[1]
+    fused: torch.Tensor = MeanFusion(dim, list(normed))(normed, present)[0]
+    return fused
 
 
 def build_fusion(kind: str, dim: int, modalities: Sequence[str]) -> MeanFusion | AttentionFusion:

@@ -1,6 +1,6 @@
 """DNA sequence instance models: a nucleotide transformer and a residual dilated 1D CNN.
 
-Input is ``x [N, L]`` int64 tokens as in :mod:`biossl.data.keys` (PAD=0, A/C/G/T/N=1..5, MASK=6).
+Input is ``x [N, L]`` int64 tokens as in :mod:`biossl.keys` (PAD=0, A/C/G/T/N=1..5, MASK=6).
 PAD never influences the embedding (excluded from attention and pooling in the transformer, zeroed
 after every layer in the CNN) and is never a target. Both are trained with BERT-style masked
 nucleotide modelling (:class:`biossl.objectives.masked_tokens.MaskedTokens`, 80/10/10, cross-entropy
@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from biossl.data.keys import MASK_TOKEN, NUCLEOTIDES, PAD_TOKEN, VOCAB_SIZE
 from biossl.encoders import ENCODERS
 from biossl.encoders.base import ModalityModel
+from biossl.keys import MASK_TOKEN, NUCLEOTIDES, PAD_TOKEN, VOCAB_SIZE
 from biossl.objectives.masked_tokens import MaskedTokens
 
 
@@ -27,7 +27,7 @@ def _check_tokens(x: torch.Tensor, max_len: int | None) -> None:
             f"sequences of length {x.shape[1]} exceed max_len={max_len}; crop them or raise max_len"
         )
     if x.numel() and bool(((x < 0) | (x >= VOCAB_SIZE)).any()):
-        raise ValueError(f"token ids must be in [0, {VOCAB_SIZE}) as defined in biossl.data.keys")
+        raise ValueError(f"token ids must be in [0, {VOCAB_SIZE}) as defined in biossl.keys")
 
 
 class _MaskedNucleotideModel(ModalityModel):
@@ -155,11 +155,17 @@ class SequenceDilatedCNN(_MaskedNucleotideModel):
 
 @ENCODERS.register("sequence/transformer")
 def sequence_transformer(
-    *, max_len: int = 512, embed_dim: int = 64, depth: int = 2, heads: int = 4, mask_ratio: float = 0.15
+    *,
+    max_len: int = 512,
+    embed_dim: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    mask_ratio: float = 0.15,
+    dropout: float = 0.0,
 ) -> SequenceTransformer:
     """Nucleotide transformer (CPU size by default; GPU: embed_dim=256, depth=6, heads=8)."""
     return SequenceTransformer(
-        max_len=max_len, embed_dim=embed_dim, depth=depth, heads=heads, mask_ratio=mask_ratio
+        max_len=max_len, embed_dim=embed_dim, depth=depth, heads=heads, mask_ratio=mask_ratio, dropout=dropout
     )
 
 

@@ -1,1 +1,1 @@
-"""LightningModules (the only place Lightning training code lives) and their callbacks."""
+"""Lightning training code, the only place it lives: the pretraining module, its data module, callbacks."""

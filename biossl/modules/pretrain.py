@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,49 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from biossl import __version__
-from biossl.data import keys
+from biossl import __version__, keys
+from biossl.checkpoint import load_checkpoint, rebuild_error
 from biossl.encoders import ENCODERS
 from biossl.encoders.base import ModalityModel
+from biossl.encoders.patient import (
+    DEFAULT_EMBED_DIM,
+    PatientEncoder,
+    bag_instances,
+    build_encoder,
+    kind_name,
+    pool_instances,
+    resolve_spec,
+)
 from biossl.encoders.pooling import GatedAttentionMIL
 from biossl.errors import InputError
-from biossl.modules.tasks import MASKED, CrossModal, Task, build_target, build_tasks, normalise_entries
+from biossl.kinds import KINDS
+from biossl.modules.tasks import CrossModal, Task, build_target, build_tasks, normalise_entries
 from biossl.objectives._heads import cosine_momentum, momentum_update
 
 logger = logging.getLogger(__name__)
+
+
+def check_spec(modality: str, spec: Any) -> None:
+    """Check one ``model.modalities`` entry before any data is read: its kind, encoder and objectives.
+
+    Raises:
+        InputError: Not a mapping, an unknown kind or encoder name, or an objective that does not exist or
+            does not apply to the modality's kind (where the kind is known: its ``kind`` or a legacy name).
+    """
+    if not isinstance(spec, dict):
+        raise InputError(f"model.modalities.{modality} must be a mapping ({{encoder: ..., ...}}); got {spec!r}")
+    kind = spec.get("kind") or keys.LEGACY_KINDS.get(modality)
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"model.modalities.{modality}.kind: unknown kind {kind!r}; known kinds: "
+                         f"{', '.join(KINDS.names())}")
+    encoder = spec.get("encoder")
+    if encoder is not None and encoder not in ENCODERS:
+        try:
+            ENCODERS.get(str(encoder))
+        except KeyError as exc:
+            raise InputError(f"model.modalities.{modality}.encoder: {exc.args[0]}") from None
+    if spec.get("objective") is not None:
+        normalise_entries(modality, spec["objective"], kind)
 
 
 def compile_methods(encoder: ModalityModel, backend: bool | str = True) -> None:
@@ -49,64 +81,17 @@ def compile_methods(encoder: ModalityModel, backend: bool | str = True) -> None:
         setattr(encoder, name, torch.compile(getattr(encoder, name), backend=name_of_backend))
 
 
-def _unreadable_reason(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text is many lines)."""
-    text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return (f"it holds a pickled {found.group(1)} object, which safe loading refuses (biossl checkpoints hold "
-                "only tensors and plain values), so `biossl pretrain` did not write it; use "
-                "<run>/checkpoints/last.ckpt of a `biossl pretrain` run")
-    if isinstance(exc, EOFError) or "central directory" in text or "zip archive" in text:
-        return ("it is truncated or corrupt (an interrupted copy or download?); copy it again, or use an earlier "
-                "checkpoint of the run (<run>/checkpoints/step*.ckpt)")
-    return (f"not a PyTorch checkpoint file ({type(exc).__name__}); use <run>/checkpoints/last.ckpt of a "
-            "`biossl pretrain` run")
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    return " ".join(str(exc).split())[:limit]
-
-
-#: What to do about an unusable checkpoint.
-REDO = "use <run>/checkpoints/last.ckpt of a `biossl pretrain` run"
-
-
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
-                    mmap: bool = False) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a ``biossl pretrain`` checkpoint, every failure one line.
-
-    Raises:
-        InputError: the file is missing, unreadable (truncated, not a checkpoint, pickled objects) or
-            has no ``biossl`` section (not written by ``biossl pretrain``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} not found (no such file); {REDO}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as exc:  # noqa: BLE001 (truncated zips, foreign pickles, ... raise many types)
-        raise InputError(f"{path} is not a readable checkpoint: {_unreadable_reason(exc)}") from None
-    state = ckpt.get("biossl") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or "modality_specs" not in state:
-        what = ("a plain state_dict" if isinstance(ckpt, dict) and ckpt and all(
-            isinstance(v, torch.Tensor) for v in ckpt.values()) else
-                "a Lightning checkpoint of another model" if isinstance(ckpt, dict) and "state_dict" in ckpt else
-                f"a {type(ckpt).__name__}")
-        raise InputError(f"checkpoint {path} is not a biossl pretraining checkpoint, not a checkpoint written by "
-                         f"`biossl pretrain` (no 'biossl' section: {what}); {REDO}")
-    return ckpt
-
-
 class PretrainModule(pl.LightningModule):
     """Train every present modality jointly.
 
     Args:
-        modalities: Per modality, ``{"encoder": <registry name>, **encoder kwargs}``, optionally with
-            ``objective``: a registry name, ``{name, weight, views, momentum, **options}``, or a list
-            of those (default: the encoder's masked objective; see :mod:`biossl.modules.tasks`). The
-            expression encoder's ``n_genes`` and the sequence encoder's ``max_len`` are filled in from
-            the data when absent.
+        modalities: Per modality name of the manifest (``t1``, ``rna``, the legacy ``wsi``, ...),
+            ``{"encoder": <registry name>, **encoder kwargs}``, optionally with ``kind`` (else the
+            manifest's or the legacy name's), and ``objective``: a registry name, ``{name, weight, views,
+            momentum, **options}``, or a list of those (default: the kind's masked objective; see
+            :mod:`biossl.modules.tasks`). ``encoder`` defaults to the kind's. What the data fixes is
+            filled in when absent (:meth:`biossl.kinds.base.Kind.encoder_options`: a table's feature
+            count and value type, a sequence's window length, cached feature width).
         embed_dim: Width of the shared space where patient-modality embeddings are compared.
         masked_weight: Weight of each modality's masked loss (a number, or one per modality).
         contrastive_weight: Weight of the cross-modal loss.
@@ -126,7 +111,7 @@ class PretrainModule(pl.LightningModule):
         self,
         modalities: dict[str, dict[str, Any]],
         *,
-        embed_dim: int = 128,
+        embed_dim: int = DEFAULT_EMBED_DIM,
         masked_weight: float | dict[str, float] = 1.0,
         contrastive_weight: float = 1.0,
         cross_modal: str | dict[str, Any] = "clip",
@@ -138,14 +123,10 @@ class PretrainModule(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        unknown = set(modalities) - set(keys.MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {', '.join(keys.MODALITIES)}")
+        if not modalities:
+            raise InputError("model.modalities is empty; name at least one modality of the manifest")
         for m, spec in modalities.items():
-            if "encoder" not in spec:
-                raise ValueError(f"modality {m!r}: give an 'encoder' name; known: {', '.join(ENCODERS.names())}")
-            if spec.get("objective") is not None:
-                normalise_entries(m, spec["objective"])  # fail on a bad objective before any data is read
+            check_spec(m, spec)  # a bad kind, encoder or objective stops here, before any data is read
         self.save_hyperparameters()
         self.modality_specs = {m: dict(s) for m, s in modalities.items()}
         self.embed_dim = embed_dim
@@ -175,13 +156,23 @@ class PretrainModule(pl.LightningModule):
             torch.manual_seed(self.seed)
             self._build()
 
+    def kind_of(self, m: str) -> str:
+        """The kind of modality ``m`` (its spec's ``kind``; the legacy names have their own)."""
+        return kind_name(m, self.modality_specs[m])
+
+    def patient_encoder(self) -> PatientEncoder:
+        """The Lightning-free encoder of this module: its ``encoders``, ``projections`` and ``pools`` (shared)."""
+        self.configure_model()
+        encoder = PatientEncoder(self.modality_specs, embed_dim=self.embed_dim, data_state=self.data_state,
+                                 hparams=dict(self.hparams), build=False)
+        encoder.encoders, encoder.projections, encoder.pools = self.encoders, self.projections, self.pools
+        return encoder
+
     def _build(self) -> None:
         for m, spec in self.modality_specs.items():
-            kwargs = {k: v for k, v in spec.items() if k not in ("encoder", "objective")}
-            enc = ENCODERS.build(spec["encoder"], **kwargs)
-            if not isinstance(enc, ModalityModel):
-                raise TypeError(f"encoder {spec['encoder']!r} does not return a ModalityModel")
-            tasks = build_tasks(m, enc, spec.get("objective"), masked_weight=self._weight(m))
+            kind = self.kind_of(m)
+            enc = build_encoder(m, spec)
+            tasks = build_tasks(m, enc, spec.get("objective"), masked_weight=self._weight(m), kind=kind)
             self.tasks[m] = nn.ModuleList(tasks)
             for task in tasks:
                 self._task_weights[self._loss_key(m, task)] = task.weight
@@ -198,28 +189,35 @@ class PretrainModule(pl.LightningModule):
 
     @staticmethod
     def _loss_key(m: str, task: Task) -> str:
-        return f"{'masked' if task.name in MASKED else task.name}/{m}"
+        return f"{'masked' if task.contract == 'masked' else task.name}/{m}"
 
     def _fill_from_data(self) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        vocab = getattr(dm, "vocabulary", None)
-        if vocab is not None:
-            self.data_state["vocabulary"] = list(vocab.genes)
         if dm is not None and getattr(dm, "cohort", None) is not None:
             self.data_state["data_fingerprint"] = dm.cohort.fingerprint()
             self.data_state["bag_spec"] = dict(vars(dm.spec))
             held = list(getattr(dm, "holdout_patients", []) or [])
             if held:
                 self.data_state["holdout_patients"] = held
-        if keys.EXPRESSION in self.modality_specs and "vocabulary" in self.data_state:
-            self.modality_specs[keys.EXPRESSION].setdefault("n_genes", len(self.data_state["vocabulary"]))
-        feature_dim = getattr(getattr(dm, "dataset", None), "feature_dim", None)
-        if keys.WSI in self.modality_specs and feature_dim:
-            self.modality_specs[keys.WSI].setdefault("in_dim", int(feature_dim))
-        if keys.SEQUENCE in self.modality_specs and dm is not None:
-            self.modality_specs[keys.SEQUENCE].setdefault("max_len", dm.spec.window_length)
-            self.data_state["tokeniser"] = {"alphabet": keys.NUCLEOTIDES, "pad": keys.PAD_TOKEN,
-                                            "mask": keys.MASK_TOKEN, "vocab_size": keys.VOCAB_SIZE}
+        dataset = getattr(dm, "dataset", None)
+        states: dict[str, dict[str, Any]] = dataset.states() if dataset is not None else {}
+        if states:
+            self.data_state["modalities"] = states
+        for m, spec in self.modality_specs.items():
+            state = states.get(m, {})
+            if state.get("kind"):
+                if spec.get("kind") and spec["kind"] != state["kind"]:
+                    raise InputError(f"model.modalities.{m}.kind is {spec['kind']!r} but the manifest's {m} rows are "
+                                     f"{state['kind']!r}; one name has one kind")
+                spec["kind"] = state["kind"]
+            kind = resolve_spec(m, spec)
+            if dm is not None:
+                for k, v in kind.encoder_options(state, dm.spec).items():
+                    spec.setdefault(k, v)
+            if "tokeniser" in state:
+                self.data_state["tokeniser"] = state["tokeniser"]
+        if keys.EXPRESSION in states and states[keys.EXPRESSION].get("vocabulary"):
+            self.data_state["vocabulary"] = list(states[keys.EXPRESSION]["vocabulary"])  # where older readers look
         self.data_state["modality_specs"] = {m: dict(s) for m, s in self.modality_specs.items()}
 
     # -- forward --------------------------------------------------------------------------------
@@ -238,19 +236,14 @@ class PretrainModule(pl.LightningModule):
             if m not in batch:
                 continue
             entry = batch[m]
-            x, mask = entry[keys.X], entry[keys.MASK]
-            b, k = mask.shape
-            xi = x[mask]
-            gm = entry[keys.GENE_MASK][mask] if keys.GENE_MASK in entry else None
+            xi, gm = bag_instances(entry)
             enc: ModalityModel = self.encoders[m]  # type: ignore[assignment]
             if with_masked_loss:
                 target = self.targets[m] if m in self.targets else None  # noqa: SIM401 (ModuleDict has no get)
                 for task in self._tasks(m):
                     masked[self._loss_key(m, task)] = task(enc, xi, gm, target)
-            z = self.projections[m](enc.embed(xi, gene_mask=gm))
-            bag = z.new_zeros((b, k, z.shape[-1]))
-            bag[mask] = z
-            pooled[m], _ = self.pools[m](bag, mask)
+            # The embedding is the patient encoder's (biossl.encoders.patient): the same numbers at inference.
+            pooled[m] = pool_instances(enc, self.projections[m], self.pools[m], xi, gm, entry[keys.MASK])
             present[m] = entry[keys.PRESENT]
         return pooled, present, masked
 
@@ -339,11 +332,12 @@ class PretrainModule(pl.LightningModule):
     def from_checkpoint(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> PretrainModule:
         """Load a pretrained module with safe (``weights_only``) loading, without a trainer or data.
 
-        Every failure is one line naming the file and what to do: a missing, truncated or unreadable
-        file; a file that is not a ``biossl pretrain`` checkpoint (a plain ``state_dict``, another
-        project's Lightning checkpoint, a pickled object); a checkpoint written by a biossl of another
-        major version (its version is stored in ``checkpoint["biossl"]["version"]``); or weights that do
-        not fit the architecture the checkpoint describes.
+        The whole training module (objectives' heads, momentum encoders, cross-modal loss included);
+        inference needs only :meth:`PatientEncoder.from_checkpoint
+        <biossl.encoders.patient.PatientEncoder.from_checkpoint>`. Every failure is one line naming the
+        file and what to do (:func:`biossl.checkpoint.load_checkpoint`: a missing, truncated or
+        unreadable file; a file that is not a ``biossl pretrain`` checkpoint; another major version), or
+        weights that do not fit the architecture the checkpoint describes.
 
         Raises:
             InputError: The file is not a usable biossl pretraining checkpoint (see above).
@@ -351,11 +345,6 @@ class PretrainModule(pl.LightningModule):
         path = Path(path)
         ckpt = load_checkpoint(path, map_location=map_location)
         state = ckpt["biossl"]
-        version = str(state.get("version", "unknown"))
-        if version.split(".")[0] != __version__.split(".")[0]:
-            raise InputError(f"checkpoint {path} was written by biossl {version}, incompatible with this biossl "
-                             f"{__version__} (checkpoints load within one major version); install biossl "
-                             f"{version} to use it, or pretrain again with this version")
         try:
             # LightningCLI adds bookkeeping keys (``_instantiator``, ``_class_path``) the constructor does not take.
             hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
@@ -368,8 +357,7 @@ class PretrainModule(pl.LightningModule):
             module.configure_model()
             module.load_state_dict(ckpt["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise InputError(f"checkpoint {path} (biossl {version}) does not rebuild its model "
-                             f"({type(exc).__name__}: {_one_line(exc)}); it may be damaged or edited; {REDO}") from None
+            raise rebuild_error(path, ckpt, exc) from None
         return module
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -3,9 +3,12 @@
 The objectives are plain losses with different call contracts (two embeddings, an input plus an
 ``embed`` function, per-position tokens, ...). A :class:`Task` binds one objective to one modality's
 encoder and turns a batch of that modality's instances into a scalar loss; :class:`CrossModal` binds
-one objective to every pair of modalities, on patient-level embeddings. :data:`CATALOGUE` says, for
-every registered objective, which modalities it applies to, whether it can be used across modalities,
-and which paper it follows; ``biossl list objectives`` prints it.
+one objective to every pair of modalities, on patient-level embeddings. What the engine knows of an
+objective is on its registered class (:class:`biossl.objectives.ObjectiveInfo`, the ``info`` attribute:
+call contract, the kinds of modality it trains, whether it can be used across modalities, the paper,
+which constructor argument takes the embedding width; and an optional ``options_from_encoder`` hook);
+nothing here names an objective, so a new one is a file in :mod:`biossl.objectives` and nothing else.
+``biossl list objectives`` prints the registry.
 
 In a pretraining config::
 
@@ -24,84 +27,63 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from biossl.data import keys
+from biossl import keys
 from biossl.encoders.base import ModalityModel
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.kinds import get_kind
+from biossl.objectives import OBJECTIVES, ObjectiveInfo, catalogue, objective_info
 from biossl.objectives._heads import make_target
 from biossl.objectives.jepa import sample_block_masks
-from biossl.transforms import make_views
 
-IMAGES = (keys.WSI, keys.VOLUME)
-ALL = tuple(keys.MODALITIES)
-
-
-@dataclass(frozen=True)
-class ObjectiveInfo:
-    """What the engine knows about one objective."""
-
-    kind: str  #: call contract, see :class:`Task`
-    modalities: tuple[str, ...]  #: modalities it can train within
-    across: bool  #: usable between two modality embeddings of one patient
-    paper: str
-
-
-CATALOGUE: dict[str, ObjectiveInfo] = {
-    "mae": ObjectiveInfo("masked", IMAGES, False, "He et al. 2022, Masked Autoencoders Are Scalable Vision Learners"),
-    "masked_tokens": ObjectiveInfo(
-        "masked", (keys.EXPRESSION, keys.SEQUENCE), False, "Devlin et al. 2019, BERT (masked genes / nucleotides)"
-    ),
-    "infonce": ObjectiveInfo("two_view", ALL, True, "Chen et al. 2020, SimCLR (NT-Xent)"),
-    "moco": ObjectiveInfo("momentum", ALL, False, "He et al. 2020 / Chen et al. 2020, MoCo v1/v2"),
-    "clip": ObjectiveInfo("cross", (), True, "Radford et al. 2021, CLIP"),
-    "multimodal_clip": ObjectiveInfo("cross", (), True, "Radford et al. 2021, CLIP over every modality pair"),
-    "byol": ObjectiveInfo("momentum", ALL, False, "Grill et al. 2020, BYOL"),
-    "simsiam": ObjectiveInfo("two_view", ALL, True, "Chen and He 2021, SimSiam"),
-    "directpred": ObjectiveInfo("momentum", ALL, False, "Tian et al. 2021, DirectPred"),
-    "barlow_twins": ObjectiveInfo("two_view", ALL, True, "Zbontar et al. 2021, Barlow Twins"),
-    "vicreg": ObjectiveInfo("two_view", ALL, True, "Bardes et al. 2022, VICReg"),
-    "swav": ObjectiveInfo("two_view", ALL, True, "Caron et al. 2020, SwAV"),
-    "deepcluster": ObjectiveInfo("one_view", ALL, False, "Caron et al. 2018, DeepCluster"),
-    "jepa": ObjectiveInfo("jepa", (keys.WSI, keys.VOLUME, keys.SEQUENCE), False, "Assran et al. 2023, I-JEPA"),
-    "cpc": ObjectiveInfo("cpc", (keys.SEQUENCE,), False, "van den Oord et al. 2018, CPC"),
-    "rc_contrastive": ObjectiveInfo(
-        "embed_fn", (keys.SEQUENCE,), False, "Gündüz et al. 2023, Self-GenomeNet (reverse-complement contrast)"
-    ),
-    "denoising_ae": ObjectiveInfo("autoencoder", (keys.EXPRESSION,), False, "Vincent et al. 2008, denoising AE"),
-    "vae": ObjectiveInfo("autoencoder", (keys.EXPRESSION,), False, "Kingma and Welling 2014, VAE"),
-    "rotation": ObjectiveInfo("embed_fn", IMAGES, False, "Gidaris et al. 2018, RotNet (3D: Taleb et al. 2020)"),
-    "jigsaw": ObjectiveInfo("embed_fn", IMAGES, False, "Noroozi and Favaro 2016, jigsaw puzzles"),
-    "pseudo_label": ObjectiveInfo("finetune", (), False, "Lee 2013, pseudo-label (fine-tuning only)"),
-}
-
-MASKED = ("mae", "masked_tokens")
-#: Kinds that need a momentum (EMA) copy of the modality's encoder.
-TARGET_KINDS = ("momentum", "jepa")
+#: Call contracts that need a momentum (EMA) copy of the modality's encoder.
+TARGET_CONTRACTS = ("momentum", "jepa")
+#: Call contracts fed augmented views of the instances.
+VIEW_CONTRACTS = ("two_view", "one_view", "momentum")
 #: Options of an objective entry that the engine reads (everything else goes to the objective).
 ENGINE_OPTIONS = ("name", "weight", "views", "momentum")
 
 
+def __getattr__(name: str) -> Any:
+    """``MASKED``: names of the registered objectives with the ``masked`` contract, read from the registry.
+
+    Kept for callers that still test a name against it; prefer ``task.contract == "masked"``.
+    """
+    if name == "MASKED":
+        return tuple(n for n, meta in catalogue().items() if meta.contract == "masked")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def info(name: str) -> ObjectiveInfo:
-    """Return the catalogue entry of ``name``; an unknown name lists the known ones."""
-    if name not in CATALOGUE:
-        close = difflib.get_close_matches(name, list(CATALOGUE), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise InputError(f"unknown objective {name!r}.{hint} Known: {', '.join(sorted(CATALOGUE))}")
-    return CATALOGUE[name]
-
-
-def normalise_entries(modality: str, spec: Any) -> list[dict[str, Any]]:
-    """Turn a modality's ``objective`` setting into a list of ``{name, ...}`` dicts, checked.
+    """Return the :class:`ObjectiveInfo` of the objective registered as ``name``; an unknown name lists the known ones.
 
     Raises:
-        InputError: An unknown objective, one that does not apply to ``modality``, or a bad entry.
+        InputError: An unknown name, or a registered class without its own ``info``.
     """
+    if name not in OBJECTIVES:
+        known = OBJECTIVES.names()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"unknown objective {name!r}.{hint} Known: {', '.join(known)}")
+    return objective_info(name)
+
+
+def normalise_entries(modality: str, spec: Any, kind: str | None = None) -> list[dict[str, Any]]:
+    """Turn a modality's ``objective`` setting into a list of ``{name, ...}`` dicts, checked.
+
+    ``kind`` is the modality's kind (default: the legacy name's own kind; ``None`` for an unknown name
+    skips the check of which objectives apply, done again once the data gives the kind).
+
+    Raises:
+        InputError: An unknown objective, one that does not apply to the modality's kind, or a bad entry.
+    """
+    kind = kind or keys.LEGACY_KINDS.get(modality)
+    if kind is not None:
+        kind = get_kind(kind).catalogue_kind()
     items = spec if isinstance(spec, list) else [spec]
     out: list[dict[str, Any]] = []
     for item in items:
@@ -111,14 +93,14 @@ def normalise_entries(modality: str, spec: Any) -> list[dict[str, Any]]:
                 f"modality {modality!r}: each objective is a name or a mapping with 'name'; got {item!r}"
             )
         meta = info(entry["name"])
-        if modality not in meta.modalities:
-            usable = sorted(n for n, i in CATALOGUE.items() if modality in i.modalities)
-            where = "between modalities (model.cross_modal)" if meta.kind == "cross" else (
-                "in biossl finetune" if meta.kind == "finetune" else f"on {', '.join(meta.modalities)}"
+        if kind is not None and kind not in meta.kinds:
+            usable = sorted(n for n, i in catalogue().items() if kind in i.kinds)
+            where = "between modalities (model.cross_modal)" if meta.contract == "cross" else (
+                "in biossl finetune" if meta.contract == "finetune" else f"on {', '.join(meta.kinds)} modalities"
             )
             raise InputError(
-                f"objective {entry['name']!r} cannot train the {modality} encoder; it is used {where}. "
-                f"Objectives for {modality}: {', '.join(usable)}"
+                f"objective {entry['name']!r} cannot train the {modality} encoder ({kind}); it is used {where}. "
+                f"Objectives for {kind} modalities: {', '.join(usable)}"
             )
         out.append(entry)
     names = [e["name"] for e in out]
@@ -127,15 +109,15 @@ def normalise_entries(modality: str, spec: Any) -> list[dict[str, Any]]:
     return out
 
 
-def default_objective(modality: str) -> str:
-    """The encoder's own masked objective: ``mae`` for images, ``masked_tokens`` otherwise."""
-    return "mae" if modality in IMAGES else "masked_tokens"
+def default_objective(kind: str) -> str:
+    """The kind's own masked objective (``mae`` for images and features, ``masked_tokens`` for tables and DNA)."""
+    return get_kind(kind).default_objective
 
 
 class Task(nn.Module):
     """One objective training one modality's encoder on a batch of instances.
 
-    Kinds (the objective's call contract):
+    Call contracts (:attr:`biossl.objectives.ObjectiveInfo.contract` of the objective):
 
     * ``masked``: the encoder's own masked loss (MAE / masked inpainting, masked genes/nucleotides).
     * ``two_view``: ``obj(embed(view1), embed(view2))``; ``one_view``: ``obj(embed(view))``.
@@ -151,7 +133,10 @@ class Task(nn.Module):
     Args:
         name: Registry name of the objective.
         modality: The modality whose instances it sees.
-        encoder: That modality's encoder (read for its width and geometry; not kept).
+        kind: Its kind (default: the legacy name's kind).
+        encoder: That modality's encoder (read for its width and geometry; not kept): its ``embed_dim``
+            goes to the objective's ``info.dim_option`` argument, and the objective's
+            ``options_from_encoder`` hook, if any, reads the rest (token grid, spatial dims, ...).
         weight: Weight of this loss in the total.
         views: Augmentation strength of the views (two-view kinds; see :func:`biossl.transforms.make_views`).
         momentum: Base momentum of the EMA target (cosine schedule to 1 over training).
@@ -164,6 +149,7 @@ class Task(nn.Module):
         modality: str,
         encoder: ModalityModel,
         *,
+        kind: str | None = None,
         weight: float = 1.0,
         views: str = "default",
         momentum: float = 0.996,
@@ -171,52 +157,36 @@ class Task(nn.Module):
     ) -> None:
         super().__init__()
         meta = info(name)
-        self.name, self.modality, self.kind = name, modality, meta.kind
+        self.name, self.modality, self.contract = name, modality, meta.contract
+        self.modality_kind = kind or keys.LEGACY_KINDS.get(modality, "")
         self.weight, self.momentum = float(weight), float(momentum)
         self.views = None
-        if self.kind in ("two_view", "one_view", "momentum"):
-            if modality == keys.WSI and not hasattr(encoder, "spatial_dims"):
+        if self.contract in VIEW_CONTRACTS:
+            if self.modality_kind == keys.SLIDE and not hasattr(encoder, "spatial_dims"):
                 raise InputError(
-                    f"objective {name!r} needs augmented views of pixel tiles, but the wsi encoder "
+                    f"objective {name!r} needs augmented views of pixel tiles, but the {modality} encoder "
                     f"{type(encoder).__name__} reads cached features; use mae (masked feature modelling) there"
                 )
-            self.views = make_views(modality, views)
-        self.objective = self._build(encoder, options) if self.kind != "masked" else None
+            self.views = get_kind(self.modality_kind).views(views)
+        self.objective = self._build(encoder, meta, options) if self.contract != "masked" else None
 
     @property
     def needs_target(self) -> bool:
         """Whether this task needs a momentum copy of the encoder."""
-        return self.kind in TARGET_KINDS
+        return self.contract in TARGET_CONTRACTS
 
     @property
     def uses_momentum(self) -> bool:
         """Whether anything must move after each optimiser step (a target encoder or target heads)."""
         return self.needs_target or callable(getattr(self.objective, "update_target", None))
 
-    def _build(self, enc: ModalityModel, options: dict[str, Any]) -> nn.Module:
-        dim = enc.embed_dim
-        kind, name = self.kind, self.name
-        if kind in ("two_view", "one_view", "momentum") and name not in ("infonce",):
-            options = {"dim": dim, **options}
-        elif name in ("rotation", "jigsaw"):
-            spatial_dims = getattr(enc, "spatial_dims", 2)
-            options = {"dim": dim, "spatial_dims": spatial_dims, **options}
-            if name == "jigsaw":
-                options.setdefault("grid", 3 if spatial_dims == 2 else 2)  # 3x3 tiles, 2x2x2 volumes
-        elif kind == "cpc":
-            options = {"embed_dim": dim, **options}
-        elif kind == "jepa":
-            if enc.token_grid is None:
-                raise InputError(
-                    f"jepa on {self.modality} needs an encoder with a fixed token grid (a ViT, or the sequence "
-                    f"transformer); {type(enc).__name__} has none"
-                )
-            options = {"grid": enc.token_grid, "embed_dim": dim, **options}
-        elif kind == "autoencoder":
-            in_dim = getattr(enc, "n_genes", None) or getattr(enc, "in_dim", None)
-            if not in_dim:
-                raise InputError(f"{name} needs an encoder of fixed-width profiles; {type(enc).__name__} is not")
-            options = {"in_dim": int(in_dim), "latent_dim": dim, "backbone_dim": dim, **options}
+    def _build(self, enc: ModalityModel, meta: ObjectiveInfo, options: dict[str, Any]) -> nn.Module:
+        name = self.name
+        derived: dict[str, Any] = {meta.dim_option: enc.embed_dim} if meta.dim_option else {}
+        hook = getattr(OBJECTIVES.get(name), "options_from_encoder", None)
+        if callable(hook):
+            derived.update(hook(enc, modality=self.modality, kind=self.modality_kind))
+        options = {**derived, **options}  # the config's own options win
         try:
             return OBJECTIVES.build(name, **options)
         except TypeError as exc:
@@ -230,14 +200,14 @@ class Task(nn.Module):
         target: ModalityModel | None = None,
     ) -> torch.Tensor:
         """Return this task's scalar loss on the instances ``x`` (``gene_mask`` for expression)."""
-        kind, obj = self.kind, self.objective
+        kind, obj = self.contract, self.objective
         if kind == "masked" or obj is None:
             return encoder.masked_loss(x, gene_mask=gene_mask)
 
         def embed(v: torch.Tensor, gm: torch.Tensor | None = gene_mask, model: ModalityModel = encoder) -> torch.Tensor:
             return model.embed(v, gene_mask=gm)
 
-        if kind in ("two_view", "one_view", "momentum"):
+        if kind in VIEW_CONTRACTS:
             (v1, g1), (v2, g2) = self._view(x, gene_mask), self._view(x, gene_mask)
             if kind == "one_view":
                 out: torch.Tensor = obj(embed(v1, g1))
@@ -257,7 +227,7 @@ class Task(nn.Module):
             return out
         if kind == "jepa":
             assert target is not None and encoder.token_grid is not None
-            lengths = (x != keys.PAD_TOKEN).sum(dim=1).tolist() if self.modality == keys.SEQUENCE else None
+            lengths = (x != keys.PAD_TOKEN).sum(dim=1).tolist() if self.modality_kind == keys.SEQUENCE else None
             ctx, tgt = sample_block_masks(x.shape[0], encoder.token_grid, lengths=lengths)
             ctx, tgt = ctx.to(x.device), tgt.to(x.device)
             if lengths is not None:  # the grid is max_len long; this batch's windows may be shorter
@@ -273,7 +243,7 @@ class Task(nn.Module):
 
     def _view(self, x: torch.Tensor, gene_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         assert self.views is not None
-        if self.modality == keys.EXPRESSION:
+        if gene_mask is not None:  # table views move the feature mask with the values
             v, gm = self.views(x, gene_mask)
             return v, gm
         return self.views(x), gene_mask
@@ -289,18 +259,21 @@ class Task(nn.Module):
         return dict(getattr(self.objective, "diagnostics", {}) or {})
 
 
-def build_tasks(modality: str, encoder: ModalityModel, spec: Any, *, masked_weight: float) -> list[Task]:
-    """Build the tasks of one modality from its ``objective`` setting (default: its masked objective)."""
-    entries = normalise_entries(modality, spec if spec is not None else default_objective(modality))
+def build_tasks(modality: str, encoder: ModalityModel, spec: Any, *, masked_weight: float,
+                kind: str | None = None) -> list[Task]:
+    """Build the tasks of one modality from its ``objective`` setting (default: its kind's masked objective)."""
+    kind = kind or keys.LEGACY_KINDS[modality]
+    entries = normalise_entries(modality, spec if spec is not None else default_objective(kind), kind)
     tasks = []
     for entry in entries:
         options = {k: v for k, v in entry.items() if k not in ENGINE_OPTIONS}
-        default_w = masked_weight if entry["name"] in MASKED else 1.0
+        default_w = masked_weight if info(entry["name"]).contract == "masked" else 1.0
         tasks.append(
             Task(
                 entry["name"],
                 modality,
                 encoder,
+                kind=kind,
                 weight=float(entry.get("weight", default_w)),
                 views=str(entry.get("views", "default")),
                 momentum=float(entry.get("momentum", 0.996)),
@@ -320,9 +293,11 @@ def build_target(encoder: ModalityModel) -> ModalityModel:
 class CrossModal(nn.Module):
     """One objective on every pair of modalities, over the patients who have both.
 
-    ``clip`` keeps its own multi-pair module (per-pair temperatures, distributed gather); any other
-    objective usable across modalities (``infonce``, ``barlow_twins``, ``vicreg``, ``simsiam``,
-    ``swav``) gets one instance per pair, fed modality A as view 1 and modality B as view 2.
+    An objective with the ``cross`` contract (``clip``) is one module that scores every pair itself
+    (per-pair temperatures, distributed gather; ``info.pairs_objective`` names it when it is not the
+    objective itself); any other objective usable across modalities (``info.across``: ``infonce``,
+    ``barlow_twins``, ``vicreg``, ``simsiam``, ``swav``) gets one instance per pair, fed modality A as
+    view 1 and modality B as view 2.
 
     Returns ``(mean over scored pairs, {"<name>/<a>-<b>": loss})``; :attr:`last_scored` names the pairs
     that had at least two patients with both modalities.
@@ -334,20 +309,24 @@ class CrossModal(nn.Module):
         name = str(entry.pop("name", "clip"))
         meta = info(name)
         if not meta.across:
-            usable = sorted(n for n, i in CATALOGUE.items() if i.across)
+            usable = sorted(n for n, i in catalogue().items() if i.across)
             raise InputError(f"objective {name!r} cannot be used between modalities; use one of {', '.join(usable)}")
         self.name = name
         self.pairs = list(itertools.combinations(modalities, 2))
         self.last_scored: list[str] = []
-        if name in ("clip", "multimodal_clip"):
-            from biossl.objectives.clip import MultiModalCLIP
-
-            self.clip: MultiModalCLIP | None = MultiModalCLIP(list(modalities), **entry)
-            self.per_pair = nn.ModuleDict()
-        else:
-            self.clip = None
-            extra = {} if name == "infonce" else {"dim": dim}
-            self.per_pair = nn.ModuleDict({f"{a}-{b}": OBJECTIVES.build(name, **extra, **entry) for a, b in self.pairs})
+        multi: nn.Module | None = None
+        per_pair: dict[str, nn.Module] = {}
+        try:
+            if meta.contract == "cross":  # one module scores every pair (clip: multimodal_clip)
+                multi = OBJECTIVES.build(meta.pairs_objective or name, modalities=list(modalities), **entry)
+            else:  # one instance of a two-view objective per pair
+                extra = {meta.dim_option: dim} if meta.dim_option else {}
+                per_pair = {f"{a}-{b}": OBJECTIVES.build(name, **extra, **entry) for a, b in self.pairs}
+        except TypeError as exc:
+            raise InputError(f"cross-modal objective {name!r}: bad option ({exc})") from None
+        # The attribute keeps its name ``clip``: checkpoints hold its parameters as ``contrastive.clip.*``.
+        self.clip = multi
+        self.per_pair = nn.ModuleDict(per_pair)
 
     def forward(
         self, embeddings: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor]
@@ -355,7 +334,7 @@ class CrossModal(nn.Module):
         """Score every pair present in the batch."""
         if self.clip is not None:
             total, per_pair = self.clip(embeddings, present)
-            self.last_scored = list(self.clip.last_scored)
+            self.last_scored = list(getattr(self.clip, "last_scored", []))
             return total, per_pair
         losses: dict[str, torch.Tensor] = {}
         scored: list[str] = []
@@ -377,13 +356,11 @@ class CrossModal(nn.Module):
 
 
 def objective_table() -> list[list[str]]:
-    """Rows (name, kind, modalities, within/across, paper) of every registered objective."""
-    OBJECTIVES.names()  # import every objective module
+    """Rows (name, call contract, kinds, within/across, paper) of every registered objective."""
     rows = []
-    for name in sorted(CATALOGUE):
-        meta = CATALOGUE[name]
-        where = [w for w, ok in (("within", bool(meta.modalities)), ("across", meta.across)) if ok]
-        mods = ", ".join(meta.modalities) or ("all pairs" if meta.across else "fine-tuning")
-        rows.append([name, meta.kind, mods, " + ".join(where) or "fine-tuning", meta.paper])
+    for name, meta in catalogue().items():
+        where = [w for w, ok in (("within", bool(meta.kinds)), ("across", meta.across)) if ok]
+        kinds = ", ".join(meta.kinds) or ("all pairs" if meta.across else "fine-tuning")
+        rows.append([name, meta.contract, kinds, " + ".join(where) or "fine-tuning", meta.paper])
     return rows
 

@@ -11,7 +11,7 @@
   averaged over the batch (the likelihood's constant is dropped).
 
 Both take ``x [N, D]`` of any modality (expression profiles, pooled embeddings, cached features) and
-an optional ``observed [N, D]`` bool mask (``gene_mask`` of :mod:`biossl.data.keys`): unobserved entries
+an optional ``observed [N, D]`` bool mask (``gene_mask`` of :mod:`biossl.keys`): unobserved entries
 are zeroed on input and are never reconstruction targets. Engine contract: ``loss = obj(x, observed=m)``;
 ``obj.embed(x, observed=m)`` gives the ``[N, latent_dim]`` representation (the VAE's posterior mean).
 
@@ -24,13 +24,17 @@ through the backbone, and the objective's own encoder is one linear layer on the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
+from biossl import keys
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, ObjectiveInfo
+
+if TYPE_CHECKING:
+    from biossl.encoders.base import ModalityModel
 
 #: An external encoder: prepared features ``[N, D]`` -> embeddings ``[N, backbone_dim]``.
 Backbone = Callable[[torch.Tensor], torch.Tensor]
@@ -65,6 +69,18 @@ def _prepare(x: torch.Tensor, observed: torch.Tensor | None, in_dim: int) -> tup
     return x * weight, weight
 
 
+def backbone_options(name: str, encoder: ModalityModel) -> dict[str, Any]:
+    """``in_dim`` (the profile width) and ``backbone_dim`` of an encoder used as the autoencoder's backbone.
+
+    Raises:
+        InputError: The encoder does not read fixed-width profiles.
+    """
+    in_dim = getattr(encoder, "n_genes", None) or getattr(encoder, "in_dim", None)
+    if not in_dim:
+        raise InputError(f"{name} needs an encoder of fixed-width profiles; {type(encoder).__name__} is not")
+    return {"in_dim": int(in_dim), "backbone_dim": encoder.embed_dim}
+
+
 @OBJECTIVES.register("denoising_ae")
 class DenoisingAutoencoder(nn.Module):
     """Denoising autoencoder (Vincent et al. 2008) on ``[N, in_dim]`` features.
@@ -83,6 +99,15 @@ class DenoisingAutoencoder(nn.Module):
     Raises:
         InputError: A bad size or option.
     """
+
+    info = ObjectiveInfo(
+        "autoencoder", kinds=(keys.TABLE,), paper="Vincent et al. 2008, denoising AE", dim_option="latent_dim"
+    )
+
+    @classmethod
+    def options_from_encoder(cls, encoder: ModalityModel, *, modality: str, kind: str) -> dict[str, Any]:
+        """The profile width and the encoder as backbone (see :func:`backbone_options`)."""
+        return backbone_options("denoising_ae", encoder)
 
     def __init__(
         self,
@@ -175,6 +200,15 @@ class VariationalAutoencoder(nn.Module):
     Raises:
         InputError: A bad size or a negative ``beta``.
     """
+
+    info = ObjectiveInfo(
+        "autoencoder", kinds=(keys.TABLE,), paper="Kingma and Welling 2014, VAE", dim_option="latent_dim"
+    )
+
+    @classmethod
+    def options_from_encoder(cls, encoder: ModalityModel, *, modality: str, kind: str) -> dict[str, Any]:
+        """The profile width and the encoder as backbone (see :func:`backbone_options`)."""
+        return backbone_options("vae", encoder)
 
     def __init__(
         self,

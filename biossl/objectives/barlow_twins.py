@@ -21,7 +21,7 @@ from torch import nn
 
 from biossl.distributed import all_sizes, gather_with_grad
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 from biossl.objectives._heads import at_least_float32, check_pair, mlp_head, normalised_std
 
 
@@ -65,6 +65,10 @@ class BarlowTwins(nn.Module):
     Raises:
         InputError: A width is not positive, ``proj_layers`` or ``lambd`` is negative.
     """
+
+    info = ObjectiveInfo(
+        "two_view", kinds=VIEW_KINDS, across=True, paper="Zbontar et al. 2021, Barlow Twins", dim_option="dim"
+    )
 
     def __init__(
         self,

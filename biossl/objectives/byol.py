@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 from biossl.objectives._heads import (
     at_least_float32,
     check_pair,
@@ -61,6 +61,8 @@ class BYOL(nn.Module):
     Raises:
         InputError: A width is not positive.
     """
+
+    info = ObjectiveInfo("momentum", kinds=VIEW_KINDS, paper="Grill et al. 2020, BYOL", dim_option="dim")
 
     name = "byol"
 

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biossl.data.keys import MODALITIES
 from biossl.distributed import (
     all_sizes,
     gather_no_grad,
@@ -32,7 +31,8 @@ from biossl.distributed import (
     world_size,
 )
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.keys import canonical_order
+from biossl.objectives import OBJECTIVES, ObjectiveInfo
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class CLIPLoss(nn.Module):
         last_n_valid: Number of patients (over all ranks) scored in the last call.
         n_skipped: Calls that returned 0 because fewer than 2 patients had both modalities.
     """
+
+    info = ObjectiveInfo("cross", across=True, paper="Radford et al. 2021, CLIP", pairs_objective="multimodal_clip")
 
     def __init__(
         self,
@@ -126,7 +128,7 @@ class MultiModalCLIP(nn.Module):
     """CLIP loss over every pair of modalities, each pair with its own temperature.
 
     Args:
-        modalities: At least two names from :data:`biossl.data.keys.MODALITIES`.
+        modalities: At least two modality names.
         init_temperature: See :class:`CLIPLoss`.
         max_logit_scale: See :class:`CLIPLoss`.
         learnable_temperature: See :class:`CLIPLoss`.
@@ -134,6 +136,8 @@ class MultiModalCLIP(nn.Module):
     Raises:
         InputError: Unknown or fewer than two distinct modalities.
     """
+
+    info = ObjectiveInfo("cross", across=True, paper="Radford et al. 2021, CLIP over every modality pair")
 
     def __init__(
         self,
@@ -144,10 +148,7 @@ class MultiModalCLIP(nn.Module):
         learnable_temperature: bool = True,
     ) -> None:
         super().__init__()
-        unknown = sorted(set(modalities) - set(MODALITIES))
-        if unknown:
-            raise InputError(f"unknown modality {unknown} for the CLIP objective; use some of {MODALITIES}")
-        self.modalities = tuple(m for m in MODALITIES if m in set(modalities))
+        self.modalities = canonical_order(modalities)
         if len(self.modalities) < 2:
             raise InputError(f"the CLIP objective needs two or more modalities; got {list(modalities)}")
         #: Names of the pairs scored in the last call (>= 2 patients with both modalities).

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biossl import keys
 from biossl.distributed import all_sizes, gather_no_grad, gather_with_grad, global_mean_value, rank, world_size
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, ObjectiveInfo
 
 
 @OBJECTIVES.register("cpc")
@@ -36,6 +37,8 @@ class CPC(nn.Module):
     Raises:
         InputError: A size is not positive.
     """
+
+    info = ObjectiveInfo("cpc", kinds=(keys.SEQUENCE,), paper="van den Oord et al. 2018, CPC", dim_option="embed_dim")
 
     def __init__(self, *, embed_dim: int, context_dim: int = 128, horizons: int = 4) -> None:
         super().__init__()

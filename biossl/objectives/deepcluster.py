@@ -23,7 +23,7 @@ from torch import nn
 
 from biossl.distributed import gather_no_grad, global_mean_value, is_distributed, world_size
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class DeepCluster(nn.Module):
     Raises:
         InputError: An argument is not positive, or ``memory_size < n_clusters``.
     """
+
+    info = ObjectiveInfo("one_view", kinds=VIEW_KINDS, paper="Caron et al. 2018, DeepCluster", dim_option="dim")
 
     memory: torch.Tensor
     memory_filled: torch.Tensor

@@ -21,7 +21,7 @@ from torch import nn
 
 from biossl.distributed import gather_no_grad
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 from biossl.objectives.byol import BYOL
 
 
@@ -94,6 +94,8 @@ class DirectPred(BYOL):
     Raises:
         InputError: An option is out of range.
     """
+
+    info = ObjectiveInfo("momentum", kinds=VIEW_KINDS, paper="Tian et al. 2021, DirectPred", dim_option="dim")
 
     name = "directpred"
 

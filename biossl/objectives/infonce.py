@@ -16,7 +16,7 @@ from torch import nn
 
 from biossl.distributed import all_sizes, gather_with_grad, global_mean_value, rank, world_size
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 
 
 @OBJECTIVES.register("infonce")
@@ -29,6 +29,8 @@ class NTXentLoss(nn.Module):
     Raises:
         InputError: ``temperature`` is not positive.
     """
+
+    info = ObjectiveInfo("two_view", kinds=VIEW_KINDS, across=True, paper="Chen et al. 2020, SimCLR (NT-Xent)")
 
     def __init__(self, *, temperature: float = 0.1) -> None:
         super().__init__()

@@ -24,13 +24,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biossl import keys
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, ObjectiveInfo
+
+if TYPE_CHECKING:
+    from biossl.encoders.base import ModalityModel
 
 __all__ = ["JEPA", "ema_update", "keep_tokens", "sample_block_masks", "sincos_positions"]
 
@@ -178,6 +183,25 @@ class JEPA(nn.Module):
     Raises:
         InputError: A size or option is invalid.
     """
+
+    info = ObjectiveInfo(
+        "jepa", kinds=(keys.SLIDE, keys.VOLUME, keys.SEQUENCE), paper="Assran et al. 2023, I-JEPA",
+        dim_option="embed_dim",
+    )
+
+    @classmethod
+    def options_from_encoder(cls, encoder: ModalityModel, *, modality: str, kind: str) -> dict[str, Any]:
+        """The encoder's token ``grid``.
+
+        Raises:
+            InputError: The encoder has no fixed token grid.
+        """
+        if encoder.token_grid is None:
+            raise InputError(
+                f"jepa on {modality} needs an encoder with a fixed token grid (a ViT, or the sequence "
+                f"transformer); {type(encoder).__name__} has none"
+            )
+        return {"grid": encoder.token_grid}
 
     def __init__(
         self,

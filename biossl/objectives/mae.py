@@ -27,7 +27,8 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from monai.networks.blocks.transformerblock import TransformerBlock
 from torch import nn
 
-from biossl.objectives import OBJECTIVES
+from biossl import keys
+from biossl.objectives import IMAGE_KINDS, OBJECTIVES, ObjectiveInfo
 
 _PATTERNS = {
     2: "n c (h p1) (w p2) -> n (h w) (p1 p2 c)",
@@ -123,6 +124,11 @@ class MaskedAutoencoder(nn.Module):
         mask_ratio: Fraction of patches masked (paper default 0.75).
         norm_pix_loss: Regress per-patch normalised pixels (the paper's better-performing target).
     """
+
+    info = ObjectiveInfo(
+        "masked", kinds=(*IMAGE_KINDS, keys.FEATURES),
+        paper="He et al. 2022, Masked Autoencoders Are Scalable Vision Learners",
+    )
 
     def __init__(
         self,

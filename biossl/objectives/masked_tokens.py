@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from biossl.objectives import OBJECTIVES
+from biossl import keys
+from biossl.objectives import OBJECTIVES, ObjectiveInfo
 
 
 def select_positions(valid: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -48,6 +49,10 @@ class MaskedTokens(nn.Module):
         random_prob: Fraction of selected positions replaced by a random token (BERT: 0.1); the rest
             are left unchanged.
     """
+
+    info = ObjectiveInfo(
+        "masked", kinds=(keys.TABLE, keys.SEQUENCE), paper="Devlin et al. 2019, BERT (masked genes / nucleotides)"
+    )
 
     def __init__(self, *, mask_ratio: float = 0.15, mask_prob: float = 0.8, random_prob: float = 0.1) -> None:
         super().__init__()
@@ -97,3 +102,24 @@ class MaskedTokens(nn.Module):
         if not bool(selected.any()):
             return pred.sum() * 0.0
         return F.mse_loss(pred[selected].float(), targets[selected].float())
+
+    @staticmethod
+    def binary_loss(logits: torch.Tensor, targets: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy of ``logits [N, L]`` against 0/1 ``targets [N, L]`` over selected positions."""
+        if not bool(selected.any()):
+            return logits.sum() * 0.0
+        return F.binary_cross_entropy_with_logits(logits[selected].float(), targets[selected].float())
+
+    def value_loss(
+        self, out: torch.Tensor, targets: torch.Tensor, selected: torch.Tensor, value_type: str
+    ) -> torch.Tensor:
+        """The masked loss that fits a table's value type.
+
+        ``out`` is ``[N, L]`` (``counts``/``continuous``: predicted values, MSE; ``binary``: logits, BCE) or
+        ``[N, L, C]`` for ``categorical`` (logits over the ``C`` category codes, cross-entropy).
+        """
+        if value_type == "categorical":
+            return self.classification_loss(out, targets.round().long(), selected)
+        if value_type == "binary":
+            return self.binary_loss(out, targets, selected)
+        return self.regression_loss(out, targets, selected)

@@ -20,7 +20,7 @@ from torch import nn
 
 from biossl.distributed import gather_no_grad
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 from biossl.objectives._heads import check_pair, global_batch_mean, make_target, mlp_head, momentum_update
 
 
@@ -54,6 +54,10 @@ class MoCo(nn.Module):
     Raises:
         InputError: A width, ``queue_size`` or ``temperature`` is not positive.
     """
+
+    info = ObjectiveInfo(
+        "momentum", kinds=VIEW_KINDS, paper="He et al. 2020 / Chen et al. 2020, MoCo v1/v2", dim_option="dim"
+    )
 
     queue: torch.Tensor
     queue_ptr: torch.Tensor

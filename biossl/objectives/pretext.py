@@ -22,6 +22,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,8 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import IMAGE_KINDS, OBJECTIVES, ObjectiveInfo
 from biossl.objectives._heads import global_batch_mean
+
+if TYPE_CHECKING:
+    from biossl.encoders.base import ModalityModel
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 
@@ -86,6 +90,15 @@ class RotationPrediction(nn.Module):
     Raises:
         InputError: ``dim`` is not positive or ``spatial_dims`` is not 2 or 3.
     """
+
+    info = ObjectiveInfo(
+        "embed_fn", kinds=IMAGE_KINDS, paper="Gidaris et al. 2018, RotNet (3D: Taleb et al. 2020)", dim_option="dim"
+    )
+
+    @classmethod
+    def options_from_encoder(cls, encoder: ModalityModel, *, modality: str, kind: str) -> dict[str, Any]:
+        """``spatial_dims`` of the encoder's instances (2: tiles, 3: volume patches)."""
+        return {"spatial_dims": getattr(encoder, "spatial_dims", 2)}
 
     def __init__(self, dim: int, *, spatial_dims: int = 2, all_rotations: bool = True) -> None:
         super().__init__()
@@ -243,6 +256,16 @@ class JigsawPuzzle(nn.Module):
     Raises:
         InputError: Bad ``dim``, ``spatial_dims``/``grid`` pair, ``n_perms`` or ``gap``.
     """
+
+    info = ObjectiveInfo(
+        "embed_fn", kinds=IMAGE_KINDS, paper="Noroozi and Favaro 2016, jigsaw puzzles", dim_option="dim"
+    )
+
+    @classmethod
+    def options_from_encoder(cls, encoder: ModalityModel, *, modality: str, kind: str) -> dict[str, Any]:
+        """``spatial_dims`` of the encoder's instances and its grid: 3x3 tiles, 2x2x2 volume patches."""
+        spatial_dims = getattr(encoder, "spatial_dims", 2)
+        return {"spatial_dims": spatial_dims, "grid": 3 if spatial_dims == 2 else 2}
 
     perms: torch.Tensor
 

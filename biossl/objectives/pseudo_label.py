@@ -21,7 +21,7 @@ from torch import nn
 
 from biossl.distributed import global_mean_value, is_distributed, world_size
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, ObjectiveInfo
 
 
 def _global_count(mask: torch.Tensor) -> float:
@@ -54,6 +54,8 @@ class PseudoLabelLoss(nn.Module):
     Raises:
         InputError: ``threshold`` is outside ``[0, 1]`` or ``weight`` is negative.
     """
+
+    info = ObjectiveInfo("finetune", paper="Lee 2013, pseudo-label (fine-tuning only)")
 
     def __init__(self, *, threshold: float = 0.95, weight: float = 1.0, unlabelled: int = -1) -> None:
         super().__init__()

@@ -20,7 +20,7 @@ Strand symmetry: cutting ``rc(x)`` at ``len - c`` gives the pair ``(rc(right), l
 reverse complement give the same loss.
 
 Engine contract: ``loss = rc(tokens, embed)`` with ``tokens [N, L]`` int64 (PAD=0 at the end of each
-row, :mod:`biossl.data.keys`) and ``embed`` mapping ``[M, L'] -> [M, D]`` (e.g. a sequence model's
+row, :mod:`biossl.keys`) and ``embed`` mapping ``[M, L'] -> [M, D]`` (e.g. a sequence model's
 ``embed``, which ignores PAD). ``embed`` is called once, on ``2N`` rows trimmed to the longest part, so
 it must ignore trailing PAD (the biossl sequence models do); otherwise results depend on the batch.
 """
@@ -33,20 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biossl.data.keys import MASK_TOKEN, PAD_TOKEN
 from biossl.distributed import all_sizes, gather_no_grad, gather_with_grad, global_mean_value, rank, world_size
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
-
-_COMPLEMENT = torch.tensor([PAD_TOKEN, 4, 3, 2, 1, 5, MASK_TOKEN])  # A<->T, C<->G; N, PAD, MASK kept
-
-
-def reverse_complement_tokens(tokens: torch.Tensor) -> torch.Tensor:
-    """Reverse-complement ``[N, L]`` token rows, keeping trailing PAD at the end (torch twin of the numpy one)."""
-    lengths = (tokens != PAD_TOKEN).sum(dim=1, keepdim=True)
-    j = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
-    src = torch.where(j < lengths, lengths - 1 - j, j)
-    return _COMPLEMENT.to(tokens.device)[torch.gather(tokens, 1, src)]
+from biossl.keys import PAD_TOKEN, SEQUENCE
+from biossl.objectives import OBJECTIVES, ObjectiveInfo
+from biossl.tokens import reverse_complement_tokens
 
 
 def split_rows(tokens: torch.Tensor, cuts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +64,10 @@ class RCContrastive(nn.Module):
     Raises:
         InputError: A bad option.
     """
+
+    info = ObjectiveInfo(
+        "embed_fn", kinds=(SEQUENCE,), paper="Gündüz et al. 2023, Self-GenomeNet (reverse-complement contrast)"
+    )
 
     def __init__(
         self, *, temperature: float = 0.1, cut_range: tuple[float, float] = (0.3, 0.7), pairing: str = "neighbour"

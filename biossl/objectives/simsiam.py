@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 from biossl.objectives._heads import at_least_float32, check_pair, global_batch_mean, mlp_head, normalised_std
 
 
@@ -41,6 +41,8 @@ class SimSiam(nn.Module):
     Raises:
         InputError: A width or layer count is not positive.
     """
+
+    info = ObjectiveInfo("two_view", kinds=VIEW_KINDS, across=True, paper="Chen and He 2021, SimSiam", dim_option="dim")
 
     def __init__(
         self,

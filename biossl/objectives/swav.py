@@ -26,7 +26,7 @@ from torch import nn
 
 from biossl.distributed import is_distributed
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 from biossl.objectives._heads import check_pair, global_batch_mean, mlp_head
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ class SwAV(nn.Module):
         InputError: A width, ``n_prototypes``, ``temperature`` or ``epsilon`` is not positive, or
             ``sinkhorn_iters`` / ``queue_size`` is negative.
     """
+
+    info = ObjectiveInfo("two_view", kinds=VIEW_KINDS, across=True, paper="Caron et al. 2020, SwAV", dim_option="dim")
 
     queue: torch.Tensor
     queue_filled: torch.Tensor

@@ -25,7 +25,7 @@ from torch import nn
 
 from biossl.distributed import all_sizes, gather_with_grad
 from biossl.errors import InputError
-from biossl.objectives import OBJECTIVES
+from biossl.objectives import OBJECTIVES, VIEW_KINDS, ObjectiveInfo
 from biossl.objectives._heads import at_least_float32, check_pair, mlp_head
 
 
@@ -67,6 +67,10 @@ class VICReg(nn.Module):
     Raises:
         InputError: A width is not positive or a weight, ``gamma`` or ``eps`` is negative.
     """
+
+    info = ObjectiveInfo(
+        "two_view", kinds=VIEW_KINDS, across=True, paper="Bardes et al. 2022, VICReg", dim_option="dim"
+    )
 
     def __init__(
         self,

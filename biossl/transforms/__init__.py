@@ -115,8 +115,9 @@ def make_views(modality: str, strength: str = "default", **options: Any) -> nn.M
     """Compose the random views of ``modality`` at a named strength.
 
     Args:
-        modality: ``"wsi"`` (tiles ``[..., 3, H, W]``), ``"volume"`` (``[..., 1, D, H, W]``),
-            ``"expression"`` (``[..., G]`` with a gene mask) or ``"sequence"`` (tokens ``[..., L]``).
+        modality: A kind: ``"slide"`` (tiles ``[..., 3, H, W]``), ``"volume"`` (``[..., 1, D, H, W]``),
+            ``"table"`` (``[..., G]`` with a feature mask) or ``"sequence"`` (tokens ``[..., L]``); the
+            legacy names ``"wsi"`` and ``"expression"`` are accepted.
         strength: One of :data:`STRENGTHS`.
         **options: Override single parameters of the preset (see the modality module's
             ``PRESETS``), e.g. ``make_views("wsi", blur_p=0.0)`` or
@@ -127,7 +128,8 @@ def make_views(modality: str, strength: str = "default", **options: Any) -> nn.M
     """
     from biossl.transforms import expression_views, sequence_views, tile_views, volume_views
 
-    modules = {"wsi": tile_views, "volume": volume_views, "expression": expression_views, "sequence": sequence_views}
+    modules = {"slide": tile_views, "volume": volume_views, "table": expression_views, "sequence": sequence_views,
+               "wsi": tile_views, "expression": expression_views}  # kinds, and the legacy names
     if modality not in modules:
         raise InputError(f"no augmentation views for modality {modality!r}; known: {', '.join(modules)}")
     module = modules[modality]

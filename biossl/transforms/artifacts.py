@@ -64,9 +64,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biossl.data.keys import PAD_TOKEN
 from biossl.data.sequence import N_TOKEN
 from biossl.errors import InputError
+from biossl.keys import PAD_TOKEN
 from biossl.transforms.expression_views import SPACES, scale_counts
 from biossl.transforms.stain import hed_to_rgb, rgb_to_hed
 from biossl.transforms.tile_views import gaussian_blur
@@ -460,6 +460,9 @@ ARTIFACTS: dict[str, dict[str, ArtifactFn]] = {
     "expression": {"library_size": library_size, "dropout": dropout, "batch_shift": batch_shift},
     "sequence": {"substitution": substitution, "n_runs": n_runs},
 }
+# The same artifacts by kind (a named modality's kind, :mod:`biossl.kinds`).
+ARTIFACTS["slide"] = ARTIFACTS["wsi"]
+ARTIFACTS["table"] = ARTIFACTS["expression"]
 
 _PARAMETERS: dict[str, Callable[[float], str]] = {
     "blur": lambda s: f"sigma {BLUR_SIGMA * s:.2g} px",

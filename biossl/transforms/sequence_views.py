@@ -8,7 +8,7 @@ the one documented exception: it drops leading bases, so the real part gets shor
   ``rate`` (N and MASK are left alone).
 - :class:`TokenMask`: each real token becomes MASK with probability ``rate``.
 - :class:`ReverseComplement`: with probability ``p`` the real part is reverse-complemented
-  (A<->T, C<->G; N and MASK keep their ids) in place, as :func:`biossl.data.sequence.reverse_complement`.
+  (A<->T, C<->G; N and MASK keep their ids) in place, with :func:`biossl.tokens.reverse_complement_tokens`.
 - :class:`Shift`: the real part moves by ``d ~ U{-max_shift..max_shift}`` positions *within its own
   length* (a shift, not a circular roll: bases pushed past either end are lost). With ``fill="n"``
   (default) the vacated positions become N, "unknown base", so the length and the padding mask are
@@ -22,20 +22,10 @@ from typing import Any, Literal
 
 import torch
 
-from biossl.data.keys import MASK_TOKEN, PAD_TOKEN
-from biossl.data.sequence import N_TOKEN
 from biossl.errors import InputError
+from biossl.keys import MASK_TOKEN, PAD_TOKEN
+from biossl.tokens import N_TOKEN, real_length, reverse_complement_tokens
 from biossl.transforms import Compose, View, check_probability, coin, randint
-
-#: Complement per token id: PAD, A<->T, C<->G, N, MASK.
-_COMPLEMENT = (PAD_TOKEN, 4, 3, 2, 1, N_TOKEN, MASK_TOKEN)
-
-
-def real_length(x: torch.Tensor) -> torch.Tensor:
-    """Per row of ``[N, L]`` tokens, the position after the last non-PAD token (0 for all-PAD rows)."""
-    real = x != PAD_TOKEN
-    last = x.shape[1] - torch.argmax(real.flip(1).to(torch.uint8), dim=1)
-    return torch.where(real.any(dim=1), last, torch.zeros_like(last))
 
 
 def _check_tokens(x: torch.Tensor) -> None:
@@ -87,11 +77,7 @@ class ReverseComplement(View):
         """Reverse-complement rows of ``[N, L]`` tokens."""
         _check_tokens(x)
         on = coin(x.shape[0], self.p, like=x, generator=generator)
-        length = real_length(x)[:, None]
-        j = torch.arange(x.shape[1], device=x.device)[None, :]
-        src = torch.where(j < length, length - 1 - j, j)
-        table = torch.tensor(_COMPLEMENT, dtype=torch.int64, device=x.device)
-        return torch.where(on[:, None], table[torch.gather(x, 1, src)], x)
+        return torch.where(on[:, None], reverse_complement_tokens(x), x)
 
 
 class Shift(View):

@@ -90,7 +90,7 @@ def test_bad_requests_are_input_errors(pretrained: tuple[Path, Path], demo_cohor
     manifest = demo_cohort / "manifest.csv"
     with pytest.raises(InputError, match=r"in \[0, 1\]"):
         artifact_audit_from_checkpoint(checkpoint, manifest, work_dir=work, strengths=(2.0,))
-    with pytest.raises(InputError, match="unknown artifact.*wsi: blur"):
+    with pytest.raises(InputError, match="unknown artifact.*slide: blur"):
         artifact_audit_from_checkpoint(checkpoint, manifest, work_dir=work, artifacts=["smudge"])
     with pytest.raises(InputError, match="no column 'grade'"):
         artifact_audit_from_checkpoint(checkpoint, manifest, work_dir=work, labels=demo_cohort / "labels.csv",

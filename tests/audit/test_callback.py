@@ -11,9 +11,9 @@ import torch
 
 from biossl.cli import main
 from biossl.data.bags import BagSpec
-from biossl.data.datamodule import BagDataModule
 from biossl.data.demo import DEMO_MANIFEST
 from biossl.errors import InputError
+from biossl.modules.datamodule import BagDataModule
 
 CONFIG = """\
 seed_everything: 0

@@ -109,10 +109,10 @@ def test_audit_with_synthetic_artifacts_draws_their_curves(pretrained: tuple[Pat
                                                            embedded: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from biossl.downstream import embed
-    from biossl.modules.pretrain import PretrainModule
+    from biossl.encoders.patient import PatientEncoder
 
     opened = {"checkpoint": 0, "cohort": 0}
-    load, open_cohort = PretrainModule.from_checkpoint.__func__, embed.open_cohort
+    load, open_cohort = PatientEncoder.from_checkpoint.__func__, embed.open_cohort
 
     def counting_load(cls: type, *args: object, **kwargs: object) -> object:
         opened["checkpoint"] += 1
@@ -122,7 +122,7 @@ def test_audit_with_synthetic_artifacts_draws_their_curves(pretrained: tuple[Pat
         opened["cohort"] += 1
         return open_cohort(*args, **kwargs)
 
-    monkeypatch.setattr(PretrainModule, "from_checkpoint", classmethod(counting_load))
+    monkeypatch.setattr(PatientEncoder, "from_checkpoint", classmethod(counting_load))
     monkeypatch.setattr(embed, "open_cohort", counting_open)
     checkpoint, work = pretrained
     code = main(["audit", "--checkpoint", str(checkpoint), "--manifest", str(demo_cohort / "manifest.csv"),

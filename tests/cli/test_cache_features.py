@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from biossl import keys
 from biossl.commands import cache_features
-from biossl.data import keys
 from biossl.data.features import SlideFeatures
 from biossl.data.tiles import SlideTiles
 from biossl.data.tiling import tile_slide
@@ -96,7 +96,7 @@ def test_bad_inputs_say_what_to_fix(coords: Path, tmp_path: Path) -> None:
     no_wsi = tmp_path / "expr.ckpt"
     _checkpoint(no_wsi, {keys.EXPRESSION: {"encoder": "expression/mlp", "n_genes": 8}})
     cases = [
-        ([str(coords), "--out", str(tmp_path / "o"), "--checkpoint", str(no_wsi)], r"no wsi encoder.*expression"),
+        ([str(coords), "--out", str(tmp_path / "o"), "--checkpoint", str(no_wsi)], r"no slide encoder.*expression"),
         ([str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--encoder", "image/vit_tiny"], "not found"),
         ([str(coords), "--out", str(coords), "--encoder", "image/vit_tiny"], "coordinates folder"),
         ([str(coords), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "x.ckpt")], "x.ckpt not found"),

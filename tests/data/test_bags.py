@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from biossl.data import keys
+from biossl import keys
 from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, collate_bags
 from biossl.data.cohort import Cohort
 from biossl.data.demo import DEMO_MANIFEST

@@ -104,7 +104,9 @@ def test_column_names_tolerate_case_and_spaces(folder):
 
 def test_unknown_modality_names_row_patient_and_valid_ones(folder):
     msg = error_of(write(folder, f"{P1},slide,small.svs,2F\n"))
-    assert "row 2" in msg and P1 in msg and "'slide'" in msg and "wsi, volume, expression, sequence" in msg
+    # A name the user chose, without a kind: the row says where to give one and lists the kinds.
+    assert "row 2" in msg and P1 in msg and "'slide'" in msg and "has no kind" in msg and "kind column" in msg
+    assert "slide, volume, table, sequence, features" in msg
 
 
 def test_missing_file_names_row_patient_and_resolved_path(folder):

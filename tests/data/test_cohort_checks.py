@@ -24,8 +24,8 @@ from nibabel.arrayproxy import ArrayProxy
 from biossl.cli import main
 from biossl.data.bags import BagSpec
 from biossl.data.cohort import Cohort, read_manifest
-from biossl.data.datamodule import BagDataModule
 from biossl.errors import ManifestError
+from biossl.modules.datamodule import BagDataModule
 
 SPEC = BagSpec(patches=1, patch_size=(16, 16, 16), modalities=("volume",))
 

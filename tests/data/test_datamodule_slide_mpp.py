@@ -17,9 +17,9 @@ import pytest
 
 from biossl.cli import main
 from biossl.data.bags import BagSpec
-from biossl.data.datamodule import BagDataModule
 from biossl.data.tiling import output_paths
 from biossl.errors import InputError, SlideError
+from biossl.modules.datamodule import BagDataModule
 
 SPEC = BagSpec(tiles=2, tile_px=32, modalities=("wsi",))
 

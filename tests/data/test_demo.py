@@ -6,7 +6,7 @@ import itertools
 
 import pandas as pd
 
-from biossl.data import keys
+from biossl import keys
 from biossl.data.cohort import Cohort
 from biossl.data.demo import DEMO_DIR, DEMO_LABELS, DEMO_MANIFEST
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import biossl
-from biossl.data import keys
+from biossl import keys
 from biossl.data.bags import BagSpec, PatientBagDataset
 from biossl.data.cohort import Cohort
 from biossl.data.features import (

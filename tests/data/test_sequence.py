@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from biossl.data.keys import MASK_TOKEN, PAD_TOKEN
 from biossl.data.sequence import (
     count_ambiguous,
     decode,
@@ -19,6 +18,7 @@ from biossl.data.sequence import (
     windows,
 )
 from biossl.errors import SequenceError
+from biossl.keys import MASK_TOKEN, PAD_TOKEN
 
 CSV = "sequence/gue_prom_core_all_dev40.csv"
 FASTA = "sequence/gue_prom_300_tata_dev12.fa"

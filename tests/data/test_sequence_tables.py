@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import biossl.data.sequence as sequence_module
-from biossl.data import keys
+from biossl import keys
 from biossl.data.bags import BagSpec, PatientBagDataset
 from biossl.data.cohort import Cohort
 from biossl.data.sequence import encode, patient_sequences, read_sequences, table_patients
@@ -45,7 +45,8 @@ def test_demo_table_gives_each_patient_the_same_windows_and_kmers_as_its_fasta(d
     a = PatientBagDataset(from_table, spec=SPEC, train=False)
     b = PatientBagDataset(from_fasta, spec=SPEC, train=False)
     for p in sorted(dna):
-        assert sorted(map(tuple, a._seqs[p].tolist())) == sorted(map(tuple, b._seqs[p].tolist()))
+        wins_a, wins_b = a.sources["sequence"].seqs[p], b.sources["sequence"].seqs[p]
+        assert sorted(map(tuple, wins_a.tolist())) == sorted(map(tuple, wins_b.tolist()))
         assert {r.sequence for r in patient_sequences(tmp_path / "dna.csv", p)} == set(dna[p])
     pd.testing.assert_frame_equal(patient_kmer_frequencies(from_table, 4), patient_kmer_frequencies(from_fasta, 4))
 
@@ -72,7 +73,7 @@ def test_gue_slice_one_patient_per_sequence_read_once(shared_data: Path, tmp_pat
     assert len(dataset) == 300
     for i in (0, 17, 299):
         p = f"dev-{i:04d}"
-        np.testing.assert_array_equal(dataset._seqs[p], encode(gue.loc[i, "sequence"])[None])
+        np.testing.assert_array_equal(dataset.sources["sequence"].seqs[p], encode(gue.loc[i, "sequence"])[None])
         assert [r.label for r in patient_sequences(tmp_path / "dna.csv", p)] == [int(gue.loc[i, "label"])]
     item = dataset[(5, 0)]
     assert item[keys.SEQUENCE][keys.X].shape == (1, 70)
@@ -94,7 +95,9 @@ def test_patient_missing_from_the_table_names_file_patient_and_column(tmp_path: 
 
 def test_table_without_sequence_column_or_with_empty_patient(tmp_path: Path) -> None:
     manifest = _table_cohort(tmp_path, pd.DataFrame({"patient_id": ["P1"], "seq": ["ACGT"]}), ["P1"])
-    with pytest.raises(ManifestError, match=r"dna\.csv: no 'sequence' column; columns are \['patient_id', 'seq'\]"):
+    with pytest.raises(ManifestError,
+                       match=r"dna\.csv: unreadable sequence file: no 'sequence' column; "
+                             r"columns are \['patient_id', 'seq'\]"):
         Cohort.from_manifest(manifest)
     (tmp_path / "empty_id.csv").write_text("patient_id,sequence\nP1,ACGT\n,ACGG\n")
     with pytest.raises(SequenceError, match=r"empty_id\.csv: line 3: empty 'patient_id'"):

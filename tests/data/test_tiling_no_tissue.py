@@ -17,9 +17,9 @@ import pytest
 
 from biossl.cli import main
 from biossl.data.bags import BagSpec
-from biossl.data.datamodule import BagDataModule
 from biossl.data.tiles import SlideTiles
 from biossl.data.tiling import slide_key
+from biossl.modules.datamodule import BagDataModule
 
 
 def test_tile_keep_empty_writes_a_marker_and_warns(fixtures: Path, tmp_path: Path,

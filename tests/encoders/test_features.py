@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from biossl.data import keys
+from biossl import keys
 from biossl.data.features import SlideFeatures, write_tile_features
 from biossl.data.tiling import tile_slide
 from biossl.encoders import ENCODERS

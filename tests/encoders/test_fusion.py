@@ -90,6 +90,8 @@ def test_modality_missing_from_dict_counts_as_absent(
 def test_bad_config_rejected() -> None:
     with pytest.raises(InputError, match="unknown fusion"):
         build_fusion("concat", 8, MODS)
-    with pytest.raises(InputError, match="modalities"):
-        MeanFusion(8, ["wsi", "rna"])
+    with pytest.raises(InputError, match="at least one modality"):
+        MeanFusion(8, [])
+    # Any modality names (kinds: t1, rna, ...), legacy names first in their old order.
+    assert MeanFusion(8, ["rna", "wsi", "t1"]).modalities == ("wsi", "rna", "t1")
     assert isinstance(build_fusion("attention", 8, MODS), AttentionFusion)

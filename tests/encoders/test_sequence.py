@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biossl.data.keys import NUCLEOTIDES, PAD_TOKEN
 from biossl.encoders import ENCODERS
+from biossl.keys import NUCLEOTIDES, PAD_TOKEN
 
 # First 8 sequences of ../shared/data/dna_gue/prom_prom_core_all/train.csv (GUE, Apache-2.0).
 PROMOTERS = [

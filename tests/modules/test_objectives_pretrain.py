@@ -14,12 +14,13 @@ import torch
 
 from biossl.cli import main
 from biossl.data.bags import BagSpec
-from biossl.data.datamodule import BagDataModule
 from biossl.data.demo import DEMO_MANIFEST
 from biossl.errors import InputError
+from biossl.keys import LEGACY_KINDS
+from biossl.modules.datamodule import BagDataModule
 from biossl.modules.pretrain import PretrainModule
-from biossl.modules.tasks import CATALOGUE, Task
-from biossl.objectives import OBJECTIVES
+from biossl.modules.tasks import Task
+from biossl.objectives import OBJECTIVES, catalogue
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = BagSpec(tiles=2, tile_px=32, patches=1, patch_size=(16, 16, 16), windows=2, window_length=32)
@@ -47,8 +48,8 @@ ENCODERS: dict[str, dict[str, Any]] = {
     "expression": {"encoder": "expression/transformer", "embed_dim": 24, "depth": 1},
     "sequence": {"encoder": "sequence/transformer", "embed_dim": 24, "depth": 1},
 }
-WITHIN = {m: sorted(n for n, i in CATALOGUE.items() if m in i.modalities) for m in ENCODERS}
-ACROSS = sorted(n for n, i in CATALOGUE.items() if i.across and i.kind != "cross") + ["clip"]
+WITHIN = {m: sorted(n for n, i in catalogue().items() if LEGACY_KINDS[m] in i.kinds) for m in ENCODERS}
+ACROSS = sorted(n for n, i in catalogue().items() if i.across and i.contract != "cross") + ["clip"]
 
 
 def entry(name: str) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def fit(
 
 
 def test_catalogue_covers_the_registry() -> None:
-    assert set(CATALOGUE) == set(OBJECTIVES.names())
+    assert set(catalogue()) == set(OBJECTIVES.names())
     required = {"infonce", "moco", "clip", "byol", "simsiam", "directpred", "barlow_twins", "vicreg", "mae",
                 "masked_tokens", "jepa", "cpc", "rc_contrastive", "denoising_ae", "vae", "swav", "deepcluster",
                 "rotation", "jigsaw", "pseudo_label"}
@@ -162,7 +163,8 @@ def test_pseudo_label_trains_a_head_on_demo_embeddings(demo_cohort: Path) -> Non
 
 
 def test_bad_objective_choices_are_clear_errors() -> None:
-    with pytest.raises(InputError, match=r"cpc.*cannot train the wsi encoder.*Objectives for wsi: .*byol"):
+    cpc_on_slides = r"cpc.*cannot train the wsi encoder \(slide\).*Objectives for slide modalities: .*byol"
+    with pytest.raises(InputError, match=cpc_on_slides):
         PretrainModule({"wsi": {"encoder": "image/vit_tiny", "objective": "cpc"}})
     with pytest.raises(InputError, match="Did you mean 'byol'"):
         PretrainModule({"wsi": {"encoder": "image/vit_tiny", "objective": "byl"}})

@@ -12,11 +12,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from biossl.data import keys
+from biossl import keys
 from biossl.data.bags import BagSpec
-from biossl.data.datamodule import BagDataModule
 from biossl.data.demo import DEMO_MANIFEST
+from biossl.errors import InputError
 from biossl.modules.callbacks import CheckpointOnInterrupt
+from biossl.modules.datamodule import BagDataModule
 from biossl.modules.pretrain import PretrainModule
 
 SPEC = BagSpec(tiles=2, tile_px=32, patches=1, patch_size=(16, 16, 16), windows=2, window_length=32)
@@ -163,9 +164,10 @@ def test_from_checkpoint_rejects_a_foreign_file(tmp_path: Path) -> None:
 
 
 def test_unknown_encoder_lists_known_names() -> None:
-    with pytest.raises(KeyError, match="Known encoders: .*image/vit_tiny"):
+    # At construction (before any data is read), as one InputError naming the config key.
+    with pytest.raises(InputError, match=r"model.modalities.wsi.encoder: .*Known encoders: .*image/vit_tiny"):
         PretrainModule({"wsi": {"encoder": "image/vit_tiniest"}, "expression": {"encoder": "expression/mlp"}},
-                       embed_dim=8).configure_model()
+                       embed_dim=8)
 
 
 def test_compile_compiles_the_entry_points_the_engine_calls(work: Path) -> None:

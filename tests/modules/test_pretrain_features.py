@@ -7,12 +7,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from biossl.data import keys
+from biossl import keys
 from biossl.data.bags import BagSpec
-from biossl.data.datamodule import BagDataModule
 from biossl.data.demo import DEMO_MANIFEST
 from biossl.data.features import write_tile_features
 from biossl.encoders import ENCODERS
+from biossl.modules.datamodule import BagDataModule
 from biossl.modules.pretrain import PretrainModule
 
 SPEC = BagSpec(tiles=4, tile_px=32, windows=2, window_length=32)

@@ -162,8 +162,8 @@ def test_multimodal_pairs_masks_and_missing_modality() -> None:
     total, parts = model({"wsi": a, "expression": b}, present)
     assert parts["clip/wsi-sequence"].item() == 0.0 and parts["clip/expression-sequence"].item() == 0.0
     assert total.item() == pytest.approx(parts["clip/wsi-expression"].item())
-    with pytest.raises(InputError, match="unknown modality"):
-        MultiModalCLIP(["wsi", "rna"])
+    # Named modalities: pairs are named by the names, legacy names first in their old order.
+    assert [f"{a}-{b}" for a, b in MultiModalCLIP(["t2", "wsi", "t1"]).pairs] == ["wsi-t2", "wsi-t1", "t2-t1"]
     with pytest.raises(InputError, match="two or more"):
         MultiModalCLIP(["wsi"])
 

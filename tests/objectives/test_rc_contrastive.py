@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from biossl.data.keys import PAD_TOKEN
 from biossl.data.sequence import decode, encode, pad_batch, reverse_complement
 from biossl.errors import InputError
+from biossl.keys import PAD_TOKEN
 from biossl.objectives import OBJECTIVES
 from biossl.objectives.rc_contrastive import RCContrastive, reverse_complement_tokens, split_rows
 

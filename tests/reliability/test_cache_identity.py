@@ -26,13 +26,13 @@ import pytest
 
 from biossl.cli import main
 from biossl.data.bags import BagSpec
-from biossl.data.datamodule import BagDataModule
 from biossl.data.demo import write_aperio_svs
 from biossl.data.identity import file_fingerprint
 from biossl.data.tiling import output_lock, slide_key, tile_slide
 from biossl.data.volume import VolumeSpec
 from biossl.data.volume_cache import VolumeCache
 from biossl.data.wsi import Slide
+from biossl.modules.datamodule import BagDataModule
 
 REPO = Path(__file__).resolve().parents[2]
 

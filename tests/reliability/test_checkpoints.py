@@ -132,7 +132,7 @@ def test_checkpoint_with_another_gene_vocabulary(
     rows.to_csv(renamed / "manifest.csv", index=False)
     err = _embed_error(good, renamed / "manifest.csv", work, tmp_path / "out.h5ad", capsys)
     assert str(renamed / "expression.csv") in err and str(good) in err
-    assert f"shares no gene with the {len(vocabulary)}-gene vocabulary" in err
+    assert f"shares no feature with the {len(vocabulary)}-gene vocabulary" in err
 
     # Half of the genes in common: missing genes are masked, the cohort embeds (documented behaviour).
     half = tmp_path / "half"

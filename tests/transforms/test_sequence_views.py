@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from biossl.data.keys import MASK_TOKEN, PAD_TOKEN
 from biossl.data.sequence import decode, encode, pad_batch, read_sequences, reverse_complement
 from biossl.errors import InputError
+from biossl.keys import MASK_TOKEN, PAD_TOKEN
 from biossl.transforms import make_views
 from biossl.transforms.sequence_views import N_TOKEN, PointMutation, ReverseComplement, Shift, TokenMask, real_length
 

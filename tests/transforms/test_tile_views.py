@@ -107,7 +107,7 @@ def test_make_views_gives_two_different_views_and_none_is_identity(tiles: torch.
 def test_make_views_rejects_bad_names() -> None:
     with pytest.raises(InputError, match="Did you mean 'strong'"):
         make_views("wsi", "strnog")
-    with pytest.raises(InputError, match="known: wsi, volume"):
+    with pytest.raises(InputError, match="known: slide, volume, table, sequence"):
         make_views("tiles")
     with pytest.raises(InputError, match="blur_q"):
         make_views("wsi", blur_q=0.1)

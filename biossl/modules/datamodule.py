@@ -8,6 +8,7 @@ before it starts, and the processes of a DDP run do not each read it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from biossl.data import keys
+from biossl import keys
 from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, collate_bags
 from biossl.data.cohort import OVERRIDE_SLIDE_MPP, ROW, SLIDE_MPP, Cohort
 from biossl.data.wsi import mpp_problem
@@ -91,6 +92,13 @@ class BagDataModule(pl.LightningDataModule):
             They are drawn with numpy's generator seeded ``(seed, 7)`` from the sorted patients (at
             least 2 held out, at least 2 left to train on) and served by :attr:`holdout_dataset`, with
             the training patients' gene vocabulary and fixed (first-draw) bags.
+        kinds: ``modality -> kind`` (``slide``, ``volume``, ``table``, ``sequence``, ``features``) for
+            manifest rows without a ``kind`` cell, e.g. ``{t1: volume, t2: volume, rna: table}``. The legacy
+            names ``wsi``, ``volume``, ``expression`` and ``sequence`` need none.
+        value_types: ``modality -> value type`` of table modalities (``counts``, ``continuous``,
+            ``binary``, ``categorical``) for rows without a ``value_type`` cell.
+        modalities: The modalities to serve (``biossl pretrain`` sets it to the keys of
+            ``model.modalities``); a name the manifest lacks stops the run naming it. ``None``: all.
     """
 
     def __init__(
@@ -110,8 +118,14 @@ class BagDataModule(pl.LightningDataModule):
         skip_bad: bool = False,
         features_dir: str | Path | None = None,
         holdout: float = 0.0,
+        kinds: dict[str, str] | None = None,
+        value_types: dict[str, str] | None = None,
+        modalities: list[str] | None = None,
     ) -> None:
         super().__init__()
+        self.modalities = [str(m) for m in modalities] if modalities is not None else None
+        self.kinds = {str(k): str(v) for k, v in (kinds or {}).items()}
+        self.value_types = {str(k): str(v) for k, v in (value_types or {}).items()}
         if not 0.0 <= holdout < 1.0:
             raise InputError(f"data.holdout must be in [0, 1) (a fraction of patients); got {holdout}")
         self.holdout = float(holdout)
@@ -130,6 +144,8 @@ class BagDataModule(pl.LightningDataModule):
         self.cohort: Cohort | None = None
         self.dataset: PatientBagDataset | None = None
         self.vocabulary: Any = None
+        #: Per modality, what a checkpoint recorded to open it the same way (embedding with a checkpoint).
+        self.states: dict[str, dict[str, Any]] | None = None
 
     @property
     def coords_dir(self) -> Path:
@@ -167,6 +183,9 @@ class BagDataModule(pl.LightningDataModule):
             return False
         return isinstance(stamp, dict) and stamp == {**self._manifest_stamp(), "report_sha256": report}
 
+    def _kind_options(self) -> dict[str, Any]:
+        return {"kinds": self.kinds, "value_types": self.value_types}
+
     def load_cohort(self) -> Cohort:
         """Validate and return the cohort (cached), probing file headers only (no voxel data is read).
 
@@ -182,9 +201,11 @@ class BagDataModule(pl.LightningDataModule):
                 else:  # another run's report (another manifest, or changed since): check here, write nothing
                     logger.warning("%s is not the report of manifest %s (%s); checking the cohort on this process",
                                    self.report_path, self.manifest, self.report_stamp_path)
-                    self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, check_values=True)
+                    self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, check_values=True,
+                                                       **self._kind_options())
             else:
-                self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, report_path=self.report_path)
+                self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, report_path=self.report_path,
+                                                   **self._kind_options())
                 self._stamp_report()
         return self.cohort
 
@@ -196,14 +217,14 @@ class BagDataModule(pl.LightningDataModule):
         """
         try:
             self.cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, report_path=self.report_path,
-                                               check_values=True)
+                                               check_values=True, **self._kind_options())
         finally:
             self._stamp_report()
         return self.cohort
 
     def _cohort_as_checked(self) -> Cohort:
         """The header-probed cohort without the rows that the full check (its report) rejected."""
-        cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad)
+        cohort = Cohort.from_manifest(self.manifest, skip_bad=self.skip_bad, **self._kind_options())
         report = pd.read_csv(self.report_path)
         rejected = set(pd.to_numeric(report["row"], errors="coerce").dropna().astype(int))
         table = cohort.table
@@ -233,7 +254,7 @@ class BagDataModule(pl.LightningDataModule):
         from biossl.data.tiling import manifest_slide_mpp, tile_slides
 
         cohort = self.check_cohort() if self.trainer is not None else self.load_cohort()
-        slides = sorted({f for p in cohort.patients for f in cohort.files(p, keys.WSI)})
+        slides = sorted({f for p in cohort.patients for m in cohort.of_kind(keys.SLIDE) for f in cohort.files(p, m)})
         if slides and self.features_dir is None:
             # A slide without tissue: a warning and an .h5 listing no tiles (the patient's bag has none from it).
             slide_mpp = manifest_slide_mpp(cohort.table, self.slide_mpp, manifest=self.manifest)
@@ -245,7 +266,7 @@ class BagDataModule(pl.LightningDataModule):
 
     def _fix_mpp(self, cohort: Cohort) -> Callable[[Path], str]:
         """``slide -> what to do`` about a slide without µm/px: names its manifest rows and patients."""
-        table = cohort.table[cohort.table[keys.MODALITY] == keys.WSI]
+        table = cohort.table[cohort.table[keys.KIND] == keys.SLIDE]
         rows_of: dict[Path, list[str]] = {}
         for patient, path, row in table[[keys.PATIENT_ID, keys.PATH, ROW]].itertuples(index=False):
             rows_of.setdefault(Path(path), []).append(f"row {row} (patient {patient!r})")
@@ -262,19 +283,29 @@ class BagDataModule(pl.LightningDataModule):
         """Build the bag dataset (and the gene vocabulary when none was given)."""
         if self.dataset is None:
             cohort = self.load_cohort()
+            if self.modalities is not None:
+                missing = [m for m in self.modalities if m not in cohort.kinds]
+                if missing:
+                    raise InputError(f"model.modalities names {', '.join(map(repr, missing))}, which manifest "
+                                     f"{self.manifest} lacks (its modalities: {', '.join(cohort.modalities)}); "
+                                     "fix the name in the config or add the rows")
+                unused = [m for m in cohort.modalities if m not in self.modalities]
+                if unused:
+                    logger.warning("manifest modalities %s are not in model.modalities and are not used", unused)
+                self.spec = dataclasses.replace(self.spec, modalities=tuple(self.modalities))
             self.holdout_patients = self._holdout_patients(cohort)
             train = (cohort.subset(sorted(set(cohort.patients) - set(self.holdout_patients)))
                      if self.holdout_patients else cohort)
             self.dataset = PatientBagDataset(
                 train, spec=self.spec, coords_dir=self.coords_dir, features_dir=self.features_dir,
-                vocabulary=self.vocabulary,
+                vocabulary=self.vocabulary, states=self.states,
                 volume_cache_dir=self.work_dir / "volume_cache", seed=self.seed,
             )
             self.vocabulary = self.dataset.vocabulary
             if self.holdout_patients:
                 self.holdout_dataset = PatientBagDataset(
                     cohort.subset(self.holdout_patients), spec=self.spec, coords_dir=self.coords_dir,
-                    features_dir=self.features_dir, vocabulary=self.vocabulary,
+                    features_dir=self.features_dir, states=self.dataset.states(),
                     volume_cache_dir=self.work_dir / "volume_cache", seed=self.seed, train=False,
                 )
                 logger.info("%d of %d patients held out of pretraining (data.holdout=%g) for probes",
