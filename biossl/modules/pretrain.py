@@ -142,6 +142,9 @@ class PretrainModule(pl.LightningModule):
         self._task_weights: dict[str, float] = {}
         self._total_steps = total_steps
         self.contrastive = CrossModal(list(modalities), embed_dim, cross_modal) if len(modalities) >= 2 else None
+        #: The last training step's loss terms (detached; ``train/loss``, ``train/masked/<m>``, ``train/clip/<a>-<b>``,
+        #: diagnostics), as written to the loggers; ``trainer.logged_metrics`` holds only what ``self.log`` logs.
+        self.last_terms: dict[str, torch.Tensor] = {}
         #: Extra state saved in checkpoints (gene vocabulary, tokeniser, data fingerprint).
         self.data_state: dict[str, Any] = {}
 
@@ -269,10 +272,29 @@ class PretrainModule(pl.LightningModule):
             if m in batch:
                 for task in self._tasks(m):
                     metrics.update({f"train/{k}/{m}": v for k, v in task.diagnostics().items()})
-        # One call for every term: each self.log call costs Lightning bookkeeping (benchmarks/RESULTS.md).
-        self.log_dict(metrics, batch_size=len(batch["patient_id"]))
-        self.log("train/loss", total.detach(), batch_size=len(batch["patient_id"]), prog_bar=True)
+        # The terms go straight to the loggers after the step (on_train_batch_end), at Lightning's steps and
+        # log_every_n_steps: self.log's per-metric bookkeeping cost ~2-3 ms a step for the ~20 terms of a
+        # four-modality run (benchmarks/RESULTS.md), and these per-step terms need none of it (no epoch
+        # aggregation, no cross-rank reduction: loggers write on rank 0 only, as Lightning's do).
+        metrics["train/loss"] = total.detach()
+        self.last_terms = metrics
+        self.log("train/loss", total.detach(), batch_size=len(batch["patient_id"]), prog_bar=True, logger=False)
         return total
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Write this step's loss terms to the loggers, every ``trainer.log_every_n_steps`` steps."""
+        terms = self.last_terms
+        trainer = self.trainer
+        every = int(getattr(trainer, "log_every_n_steps", 1) or 0)  # set by Lightning at run time
+        if not terms or not trainer.loggers or every == 0:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning's own logging uses
+        if (step + 1) % every and not trainer.should_stop:
+            return
+        values = {k: float(v) for k, v in terms.items()}
+        values["epoch"] = trainer.current_epoch
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step the optimiser, then move the momentum encoders and heads (BYOL, MoCo, JEPA, ...)."""

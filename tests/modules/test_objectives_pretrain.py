@@ -81,7 +81,7 @@ def fit(
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[snap])
     trainer.fit(module, datamodule=dm)
-    return module, {k: float(v) for k, v in trainer.logged_metrics.items()}, snap.state
+    return module, {k: float(v) for k, v in module.last_terms.items()}, snap.state
 
 
 def test_catalogue_covers_the_registry() -> None:
