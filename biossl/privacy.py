@@ -270,7 +270,7 @@ def _copies_row_ids(values: Sequence[Any], row_ids: Sequence[str]) -> bool:
     ``"0012"`` (text, a categorical, a number column ``12`` or ``12.0``) beside patient ``0012`` is a copy;
     an ``event`` 0/1 beside numeric patients ``0 .. 9`` copies two rows of ten and is a label.
     """
-    from biossl.data.labels import id_key
+    from biossl.ids import id_key
 
     pairs = [(v, str(i)) for v, i in zip(values, row_ids) if str(i).strip() and not isinstance(v, (bool, np.bool_))
              and not (v is None or (isinstance(v, float) and np.isnan(v)))]

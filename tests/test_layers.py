@@ -43,8 +43,6 @@ ALLOWLIST: dict[tuple[str, str], str] = {
         "encoders still own their masked pretext objective (masked nucleotide modelling): seam not yet fixed",
     ("biossl.encoders.expression", "biossl.objectives.masked_tokens"):
         "encoders still own their masked pretext objective (masked gene modelling): seam not yet fixed",
-    ("biossl.privacy", "biossl.data.labels"):
-        "root privacy compares IDs with data.labels.id_key (lazy import); id_key belongs in a root module",
     ("biossl.registry", "biossl.kinds"):
         "the KINDS registry sits at the root so data/ can look kinds up; it imports biossl.kinds on first lookup",
 }

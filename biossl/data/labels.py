@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from biossl.errors import InputError, ManifestError
+from biossl.ids import id_key
 from biossl.keys import PATIENT_ID
 
 if TYPE_CHECKING:
@@ -57,23 +58,6 @@ def id_text(value: object) -> object:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value).strip()
-
-
-def id_key(value: object) -> str:
-    """An ID as a spreadsheet would rewrite it: ``"0012"``, ``"12.0"``, ``" 12 "`` and ``12`` all give ``"12"``.
-
-    Text that reads as a whole number (leading zeros, ``.0``, an exponent such as ``1e3``) becomes that
-    number's digits; other text is stripped and case-folded. Two IDs with the same key but different
-    text are the same patient written twice or two patients a spreadsheet can no longer tell apart.
-    """
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text.casefold()
-    if "_" not in text and np.isfinite(number) and number.is_integer():
-        return str(int(number))
-    return text.casefold()
 
 
 def look_alikes(ids: Collection[str], others: Collection[str]) -> list[tuple[str, str]]:
