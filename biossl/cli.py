@@ -29,6 +29,7 @@ VERBS: dict[str, str] = {
     "embed": "embed",
     "finetune": "finetune",
     "audit": "audit",
+    "retrieval": "retrieval",
 }
 
 #: verbs that parse their own arguments (LightningCLI): ``main(argv) -> int``.
@@ -44,6 +45,7 @@ _HELP: dict[str, str] = {
     "embed": "patient embeddings from a pretraining checkpoint, written as AnnData (.h5ad)",
     "finetune": "cross-validated subtype / survival heads on embeddings, with PCA baselines; JSON result",
     "audit": "probe embeddings for site/scanner/batch signal; audit.json, report.html; exit 1 when a probe fails",
+    "retrieval": "cross-modal retrieval between a patient's embeddings of two modalities: recall@k against chance",
 }
 
 

@@ -43,7 +43,7 @@ def loss_table(metrics_csv: Path, *, window: int = 10) -> pd.DataFrame:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate the demo cohort, tile its slides, pretrain, print the summaries, embed, and audit the embeddings."""
+    """Validate the demo cohort, tile its slides, pretrain, print the summaries, embed, audit, and run retrieval."""
     from biossl.commands import pretrain
     from biossl.data.cohort import Cohort
     from biossl.data.demo import DEMO_LABELS, DEMO_MANIFEST
@@ -85,16 +85,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work: Path, out: Path) -> int:
-    """``biossl embed`` of the cohort, then ``biossl audit`` of its ``site`` column, with the artifact probes.
+    """``biossl embed`` of the cohort, ``biossl audit`` of its ``site`` column, then ``biossl retrieval`` of its tables.
 
     The label is ``subtype`` when the embeddings have it; the checkpoint's synthetic artifact probes run too.
 
     The audit's verdict is printed, never raised: a "fail" (exit code 1 of ``biossl audit``) is a finding of
-    the demo, not an error of it. The demo's sites have at most 3 patients, hence 2 folds.
+    the demo, not an error of it. The demo's sites have at most 3 patients, hence 2 folds. Cross-modal
+    retrieval between the table modalities (:func:`table_retrieval`) runs after the audit, whatever its verdict.
 
     Returns:
-        0, or the exit code of the embedding or the audit when it failed otherwise (2 bad input, 74 an
-        output that cannot be written), for the demo's own exit code.
+        0, or the exit code of the embedding, the audit or the retrieval when it failed otherwise (2 bad input,
+        74 an output that cannot be written), for the demo's own exit code.
     """
     from biossl.cli import main
     from biossl.downstream.embed import read_embeddings
@@ -109,10 +110,11 @@ def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work:
     if code != 0:
         print("embedding failed; no audit")
         return code
-    obs = read_embeddings(embeddings).obs
+    adata = read_embeddings(embeddings)
+    obs = adata.obs
     if "site" not in obs.columns:
         print("\nNo `site` column in the manifest: no audit.")
-        return 0
+        return table_retrieval(embeddings, list(adata.obsm.keys()), manifest, out)
     argv = ["audit", "--embeddings", str(embeddings), "--columns", "site", "--folds", "2", "--out", str(out / "audit"),
             "--artifacts", "--checkpoint", str(checkpoint), "--manifest", str(manifest), "--work-dir", str(work)]
     if "subtype" in obs.columns:
@@ -124,4 +126,62 @@ def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work:
     meaning = {0: "pass", 1: "fail: a site signature was found (a finding, not an error of the demo)",
                74: "the audit could not be written (see the error above)"}
     print(f"audit exit code {code} ({meaning.get(code, 'bad input')}); report: {out / 'audit' / 'report.html'}")
-    return 0 if code in (0, 1) else code
+    audit_code = 0 if code in (0, 1) else code
+    retrieval_code = table_retrieval(embeddings, list(adata.obsm.keys()), manifest, out)
+    return audit_code or retrieval_code
+
+
+def table_modalities(manifest: Path) -> list[str]:
+    """The manifest's modalities of kind ``table``: by its ``kind`` column, else the legacy names' own kinds.
+
+    A modality whose kind only the config gives (``data.kinds``) is not found here.
+    """
+    from biossl.data.cohort import read_manifest
+
+    table = read_manifest(manifest)
+    cells = (table[keys.KIND] if keys.KIND in table.columns else pd.Series("", index=table.index)).fillna("")
+    found: dict[str, None] = {}
+    for modality, cell in zip(table[keys.MODALITY], cells.astype(str).str.strip().str.lower()):
+        if (cell or keys.LEGACY_KINDS.get(modality, "")) == keys.TABLE:
+            found[modality] = None
+    return list(found)
+
+
+def table_retrieval(embeddings: Path, obsm_keys: list[str], manifest: Path, out: Path) -> int:
+    """``biossl retrieval`` between the embeddings of the cohort's table modalities; prints its table.
+
+    The demo's tables (expression, copy number, mutations) are the same TCGA cases', so retrieval between
+    them can find the pairing that pretraining's CLIP terms were given; on the training patients this is a
+    memorisation check, not held-out evidence. Fewer than two table embeddings: nothing to do. A failure is
+    printed, never raised: the demo's other results are already written.
+
+    Returns:
+        0, or the retrieval's exit code when it failed (2 bad input, 74 an output that cannot be written; 1 an
+        unexpected error, printed on one line).
+    """
+    from biossl.cli import main
+    from biossl.downstream.embed import obsm_key
+
+    tables = {obsm_key(m) for m in table_modalities(manifest)}
+    chosen = [k for k in obsm_keys if k in tables]
+    if len(chosen) < 2:
+        print(f"\nCross-modal retrieval needs two table embeddings; the embeddings have {chosen or 'none'}: "
+              "no retrieval.")
+        return 0
+    argv = ["retrieval", "--embeddings", str(embeddings), "--keys", ",".join(chosen),
+            "--out", str(out / "retrieval.json"), "--plot", str(out / "retrieval.png")]
+    print(f"\nbiossl {' '.join(argv)}", flush=True)
+    try:
+        code = main(argv)
+    except Exception as exc:  # noqa: BLE001 - a report of the demo; the run's other results stand
+        logger.debug("retrieval failed", exc_info=True)
+        print(f"retrieval failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); the demo's other "
+              "results stand")
+        return 1
+    if code == 0:
+        print("Reading: retrieval on the demo's own training patients: memorisation check, not held-out evidence "
+              "(compare each recall@k with its chance k/n)")
+    else:
+        print(f"retrieval exit code {code} ({'an output could not be written' if code == 74 else 'bad input'}; "
+              "see the error above)")
+    return code

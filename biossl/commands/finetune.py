@@ -52,12 +52,15 @@ D = FinetuneSettings()
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's arguments."""
-    parser.add_argument("--embeddings", type=Path, default=None, metavar="H5AD",
+    parser.add_argument("--embeddings", type=_embeddings_item, action="append", default=None, metavar="[NAME=]H5AD",
                         help="patient embeddings from `biossl embed` for the probe (omit to embed here from "
-                             "--checkpoint and --manifest, or to run only baselines)")
-    parser.add_argument("--embedding", default="X_fused", metavar="KEY",
-                        help="embedding to probe / fine-tune: X_fused (default), X_expression, X_wsi, X_volume, "
-                             "X_sequence")
+                             "--checkpoint and --manifest, or to run only baselines). Repeat it as NAME=H5AD to "
+                             "probe several runs side by side on the same folds (methods linear_probe:NAME:KEY)")
+    parser.add_argument("--embedding", default="X_fused", metavar="KEY[,KEY...]",
+                        help="embedding to probe / fine-tune: X_fused (default) or X_<modality> (X_rna, X_wsi, ...); "
+                             "several comma-separated keys are probed side by side (probe mode), each as "
+                             "linear_probe:<key>, on the patients that have all of them; with several --embeddings "
+                             "NAME=H5AD, NAME:KEY probes KEY of that file only (e.g. a:X_rna,c:X_fused)")
     parser.add_argument("--labels", type=Path, required=True, metavar="CSV", help="per-patient labels table")
     parser.add_argument("--id-column", default="patient_id", help="patient column of --labels (default patient_id)")
     parser.add_argument("--unknown-labels", choices=("error", "drop"), default="error",
@@ -89,13 +92,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_L2['survival']} survival); 'auto' or a list L,L,... chooses one per training "
                              "fold by an inner 3-fold CV on its training patients (auto: 1e-6 ... 1e3, one per "
                              "decade; a choice at an end of the grid is flagged)")
-    parser.add_argument("--baseline-features", type=Path, default=None, metavar="TABLE",
-                        help="raw features (expression table: CSV/TSV/Parquet/h5ad) for two baselines: PCA + "
-                             "logistic regression / Cox, and logistic regression / Cox on all standardised features")
+    parser.add_argument("--baseline-features", type=Path, action="append", default=None, metavar="TABLE",
+                        help="raw features (a table: CSV/TSV/Parquet/h5ad) for two baselines: PCA + logistic "
+                             "regression / Cox, and logistic regression / Cox on all standardised features. Repeat "
+                             "it for several tables (e.g. RNA, CNV, mutations): each gets its own PCA "
+                             "(--baseline-components 16,8,8) and the all-features model sees them side by side "
+                             "(early fusion), on the patients present in every table")
     parser.add_argument("--baseline-l2", default="auto", metavar="L2",
                         help="L2 penalty of the all-features baseline: auto (default; chosen per training fold by "
                              "inner 3-fold CV over 1e-6 ... 1e3), one value, or a list L,L,... to choose from")
-    parser.add_argument("--baseline-components", type=int, default=16, help="PCA components of the baseline")
+    parser.add_argument("--baseline-components", default="16", metavar="N[,N...]",
+                        help="PCA components of the baseline (default 16); one per --baseline-features table, or "
+                             "one number for all")
     parser.add_argument("--baseline-penalizer", type=float, default=1.0, help="lifelines Cox penalizer (default 1)")
     parser.add_argument("--baseline-kmer", type=int, nargs="?", const=4, default=None, metavar="K",
                         help="k-mer frequencies (length K; 4 when K is omitted) + logistic regression on the "
@@ -150,22 +158,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"weight of the pseudo-label loss (default {D.pseudo_weight:g})")
 
 
-def _probe_features(path: Path, key: str) -> tuple[Any, dict[str, Any], list[str], Any]:
-    """``(features, provenance, patients, obs)`` of one embedding of an ``.h5ad`` (read once)."""
+def _embeddings_item(text: str) -> tuple[str, Path]:
+    """``--embeddings [NAME=]H5AD`` -> ``(name, path)``; the name defaults to the file's stem."""
+    name, sep, path = text.partition("=")
+    if sep and name and "/" not in name and not Path(text).exists():
+        return name, Path(path)
+    return Path(text).stem, Path(text)
+
+
+def _embedding_keys(text: str) -> list[str]:
+    """``--embedding``: one obsm key, or several comma-separated."""
+    from biossl.errors import InputError
+
+    keys = list(dict.fromkeys(k.strip() for k in str(text).split(",") if k.strip()))
+    if not keys:
+        raise InputError("--embedding is empty; give an obsm key such as X_fused")
+    return keys
+
+
+def _probe_features(path: Path, keys: list[str]) -> tuple[dict[str, Any], dict[str, Any], list[str], Any]:
+    """``({key: features}, provenance, patients, obs)`` of embeddings of an ``.h5ad`` (read once)."""
     from biossl.downstream.embed import read_embeddings
     from biossl.downstream.methods import feature_frame
     from biossl.errors import InputError
 
     adata = read_embeddings(path)
-    if key not in adata.obsm:
-        raise InputError(f"{path} has no obsm[{key!r}]; it has {sorted(adata.obsm.keys())}: pick one with --embedding")
+    missing = [k for k in keys if k not in adata.obsm]
+    if missing:
+        raise InputError(f"{path} has no obsm{missing}; it has {sorted(adata.obsm.keys())}: pick with --embedding")
     patients = [str(p) for p in adata.obs_names]
-    frame = feature_frame(adata.obsm[key], patients, what=f"{path} obsm[{key!r}]")
+    frames = {key: feature_frame(adata.obsm[key], patients, what=f"{path} obsm[{key!r}]") for key in keys}
     provenance = adata.uns.get("biossl", {})
-    info = {"file": path.name, "obsm": key,
+    info = {"file": path.name, "obsm": keys[0] if len(keys) == 1 else keys,
             **{k: str(provenance[k]) for k in ("checkpoint", "data_fingerprint", "cohort_fingerprint")
                if k in provenance}}
-    return frame, info, patients, adata.obs
+    return frames, info, patients, adata.obs
 
 
 def _l2(text: str | None, task: str, flag: str = "--l2") -> float | list[float]:
@@ -213,13 +240,44 @@ def _groups(column: str, labels: Any, labels_path: Path,
     return {str(p): str(v) for p, v in values.items()}, {"column": column, "from": where}
 
 
-def _baseline_features(path: Path) -> Any:
+def _baseline_features(paths: list[Path]) -> tuple[Any, list[int]]:
+    """The tables side by side on the patients present in all of them, and each table's column count."""
+    import pandas as pd
+
     from biossl.data.expression import read_expression
     from biossl.downstream.methods import feature_frame
+    from biossl.errors import InputError
 
-    adata = read_expression(path, aggregate="mean")
-    x = adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X
-    return feature_frame(x, [str(p) for p in adata.obs["patient_id"]], what=f"baseline features {path}")
+    frames = []
+    for path in paths:
+        adata = read_expression(path, aggregate="mean")
+        x = adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X
+        frame = feature_frame(x, [str(p) for p in adata.obs["patient_id"]], what=f"baseline features {path}")
+        frames.append(frame.set_axis([f"{path.name}:{g}" for g in adata.var_names], axis=1))
+    if len(frames) == 1:
+        return frames[0], [frames[0].shape[1]]
+    joined = pd.concat(frames, axis=1, join="inner")
+    if joined.empty:
+        raise InputError(f"--baseline-features {', '.join(map(str, paths))}: no patient is in every table; check "
+                         "that the tables share patient IDs")
+    dropped = max(len(f) for f in frames) - len(joined)
+    if dropped:
+        logger.warning("baseline features: %d patient(s) are not in every table and are left out of the baselines",
+                       dropped)
+    return joined, [f.shape[1] for f in frames]
+
+
+def _components(text: str, n_tables: int) -> list[int]:
+    """``--baseline-components``: one count for every table, or one per table."""
+    from biossl.errors import InputError
+
+    values = _parse_list(text, "--baseline-components", int)
+    if len(values) == 1:
+        values = values * n_tables
+    if len(values) != n_tables or min(values) < 1:
+        raise InputError(f"--baseline-components {text}: give one positive number, or one per --baseline-features "
+                         f"table ({n_tables})")
+    return values
 
 
 def _parse_list(text: str | None, flag: str, kind: type) -> list[Any]:
@@ -273,7 +331,7 @@ def _check_args(args: argparse.Namespace, modes: list[str]) -> None:
 
     if args.task == "subtype" and not args.label_column:
         raise InputError("--task subtype needs --label-column COL (the labels table's class column)")
-    if not modes and args.baseline_features is None and args.baseline_kmer is None:
+    if not modes and not args.baseline_features and args.baseline_kmer is None:
         raise InputError("nothing to evaluate: give --embeddings (from `biossl embed`), --checkpoint with --manifest "
                          "and --mode, --baseline-features and/or --baseline-kmer")
     if args.semi_supervised:
@@ -322,6 +380,10 @@ def run(args: argparse.Namespace) -> int:
 
     modes = _modes(args)
     _check_args(args, modes)
+    embedding_keys = _embedding_keys(args.embedding)
+    if len(embedding_keys) > 1 and {"finetune", "scratch"} & set(modes):
+        raise InputError(f"--embedding {args.embedding}: --mode finetune and scratch train one embedding; give one key "
+                         "(several keys are for the probe)")
     baseline_l2 = _l2(args.baseline_l2, args.task, "--baseline-l2")
     salt = _salt(args)
     fractions = sorted(set(_parse_list(args.label_fractions, "--label-fractions", float)))
@@ -351,35 +413,61 @@ def run(args: argparse.Namespace) -> int:
         settings.check()
         bags = CohortBags(args.checkpoint, args.manifest, work_dir=args.work_dir, features_dir=args.features_dir,
                           skip_bad=args.skip_bad, seed=args.seed)
-        bags.modalities_for(args.embedding)  # a bad --embedding fails before any fit
+        for key in embedding_keys:
+            bags.modalities_for(key)  # a bad --embedding fails before any fit
         known |= set(bags.dataset.patients)
         sources.append(f"the cohort {args.manifest}")
         inputs.update(checkpoint=args.checkpoint.name, manifest=args.manifest.name)
     if "probe" in modes:
         probe_name = f"{'linear' if args.head == 'linear' else 'mlp'}_probe"
         if args.embeddings is not None:
-            features, inputs["embeddings"], patients, obs = _probe_features(args.embeddings, args.embedding)
-            if args.group_by is not None:
-                group_sources.append((f"the embeddings {args.embeddings.name}",
-                                      obs[args.group_by].rename(index=str) if args.group_by in obs.columns
-                                      else None))
-            sources.append(f"the embeddings {args.embeddings}")
+            frames: dict[str, Any] = {}
+            infos: list[dict[str, Any]] = []
+            patients: list[str] = []
+            names = [name for name, _ in args.embeddings]
+            if len(set(names)) < len(names):
+                raise InputError(f"--embeddings: the names {names} repeat; give each file its own NAME=H5AD")
+            unknown = sorted({k.split(":", 1)[0] for k in embedding_keys if ":" in k} - set(names))
+            if unknown:
+                raise InputError(f"--embedding {args.embedding}: {unknown} name no --embeddings NAME=H5AD (names: "
+                                 f"{names}); qualify a key as NAME:KEY to probe it in one file only")
+            for name, path in args.embeddings:
+                own = [k.split(":", 1)[1] for k in embedding_keys if k.startswith(f"{name}:")]
+                keys = list(dict.fromkeys([*(k for k in embedding_keys if ":" not in k), *own]))
+                if not keys:
+                    continue
+                found, info, rows, obs = _probe_features(path, keys)
+                prefix = "" if len(args.embeddings) == 1 else f"{name}:"
+                frames.update({prefix + key: frame for key, frame in found.items()})
+                infos.append(info if len(args.embeddings) == 1 else {"name": name, **info})
+                patients = list(dict.fromkeys([*patients, *rows]))
+                if args.group_by is not None:
+                    group_sources.append((f"the embeddings {path.name}",
+                                          obs[args.group_by].rename(index=str) if args.group_by in obs.columns
+                                          else None))
+                sources.append(f"the embeddings {path}")
+            inputs["embeddings"] = infos[0] if len(infos) == 1 else infos
         else:
             assert bags is not None
-            frame = bags.embeddings(args.embedding, device=device)
-            features = feature_frame(frame.to_numpy(), list(frame.index), what=f"{args.embedding} of {args.checkpoint}")
-            patients = list(frame.index)
-            inputs["embeddings"] = {"computed_from": args.checkpoint.name, "obsm": args.embedding,
+            frames = {}
+            for key in embedding_keys:
+                frame = bags.embeddings(key, device=device)
+                frames[key] = feature_frame(frame.to_numpy(), list(frame.index), what=f"{key} of {args.checkpoint}")
+                patients = list(frame.index)
+            inputs["embeddings"] = {"computed_from": args.checkpoint.name,
+                                    "obsm": embedding_keys[0] if len(embedding_keys) == 1 else embedding_keys,
                                     "draw": "epoch 0 with --seed, as `biossl embed`"}
         known |= set(patients)
         l2 = _l2(args.l2, args.task)
         probe_kw: dict[str, Any] = dict(hidden=None if args.head == "linear" else args.hidden,
                                         survival_loss=args.survival_loss, n_bins=args.bins, l2=l2)
-        methods.append(LinearProbe(features, name=probe_name, **probe_kw))
-        if args.semi_supervised:
-            methods.append(LinearProbe(features, name=f"{probe_name}+pl", semi_supervised=True,
-                                       pseudo_threshold=args.pseudo_threshold, pseudo_weight=args.pseudo_weight,
-                                       **probe_kw))
+        for key, features in frames.items():
+            name = probe_name if len(frames) == 1 else f"{probe_name}:{key}"
+            methods.append(LinearProbe(features, name=name, **probe_kw))
+            if args.semi_supervised:
+                methods.append(LinearProbe(features, name=f"{name}+pl", semi_supervised=True,
+                                           pseudo_threshold=args.pseudo_threshold, pseudo_weight=args.pseudo_weight,
+                                           **probe_kw))
     for mode in ("finetune", "scratch"):
         if mode in modes:
             from biossl.downstream.finetuning import EncoderFinetune
@@ -390,16 +478,17 @@ def run(args: argparse.Namespace) -> int:
             if mode == "finetune" and args.semi_supervised:
                 methods.append(EncoderFinetune(bags, mode="finetune", embedding=args.embedding, settings=settings,
                                                semi_supervised=True, device=device))
-    if args.baseline_features is not None:
-        raw = _baseline_features(args.baseline_features)
-        inputs["baseline_features"] = args.baseline_features.name
+    if args.baseline_features:
+        raw, blocks = _baseline_features(args.baseline_features)
+        tables = ", ".join(p.name for p in args.baseline_features)
+        inputs["baseline_features"] = tables if len(blocks) == 1 else [p.name for p in args.baseline_features]
         kind = "cox" if args.task == "survival" else "logreg"
-        methods.append(PCABaseline(raw, n_components=args.baseline_components, penalizer=args.baseline_penalizer,
-                                   name=f"pca{args.baseline_components}_{kind}", source=args.baseline_features.name))
-        methods.append(AllFeaturesLinear(raw, name=f"linear_all_{kind}", source=args.baseline_features.name,
-                                         l2=baseline_l2))
+        components = _components(args.baseline_components, len(blocks))
+        methods.append(PCABaseline(raw, n_components=components, blocks=blocks, penalizer=args.baseline_penalizer,
+                                   name=f"pca{'+'.join(map(str, components))}_{kind}", source=tables))
+        methods.append(AllFeaturesLinear(raw, name=f"linear_all_{kind}", source=tables, l2=baseline_l2))
         known |= set(map(str, raw.index))
-        sources.append(f"the baseline features {args.baseline_features}")
+        sources.append(f"the baseline features {tables}")
     if args.baseline_kmer is not None:
         from biossl.data.cohort import Cohort
         from biossl.downstream.kmers import KmerBaseline, patient_kmer_frequencies

@@ -2,8 +2,9 @@
 
 The demo cohort (``biossl/demo_data``) is committed in the repository. :func:`build_demo_cohort`
 rebuilds it from the folder of real public data that the project's developers share (see
-``biossl/demo_data/README.md`` for sources and licences). Everything in it is real data; only the
-assignment of files to demo "patients" is artificial.
+``biossl/demo_data/README.md`` for sources and licences). Everything in it is real data. The three
+tables of a demo patient (expression, copy number, mutations) are the same TCGA case's, so their pairs
+are real; only the slides, scans and DNA given to the demo "patients" are assigned artificially.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ DEMO_LABELS = DEMO_DIR / "labels.csv"
 N_PER_SUBTYPE = 12
 N_GENES = 256
 SLIDE_MPP = 0.5
+#: At most this many copy-number genes: one per distinct call pattern across the demo's cases (PORPOISE's
+#: KIRC genes come in blocks of neighbouring genes with identical calls; the demo's cases show 7 patterns).
+N_CNV_GENES = 64
+#: Demo patients of the KIRC half left without a copy-number row, and of all without a mutation row.
+N_WITHOUT_CNV = 2
+N_WITHOUT_MUT = 3
+#: The cancers of the demo, in the order of their patients; KIRP has no copy-number columns in PORPOISE.
+CANCERS = ("kirc", "kirp")
 
 
 def write_aperio_svs(path: Path, rgb: np.ndarray, *, mpp: float, tile: int = 256) -> None:
@@ -83,13 +92,67 @@ def _tcga_rows(shared: Path, cancer: str, n: int, rng: np.random.Generator) -> p
     return df.iloc[np.sort(rng.choice(len(df), size=n, replace=False))]
 
 
+def cnv_genes(calls: pd.DataFrame, n: int = N_CNV_GENES) -> list[str]:
+    """Columns of ``calls`` (one per gene) to keep: one per distinct, varying call pattern, most variable first.
+
+    Neighbouring genes often carry identical calls (one copy-number segment); the first gene of each
+    pattern (in the table's order) stands for it. At most ``n``, returned in the table's order.
+    """
+    distinct = calls.loc[:, ~calls.T.duplicated().to_numpy()]
+    var = distinct.var()
+    ranked = var[var > 0].sort_values(ascending=False, kind="stable").index[:n]
+    return [c for c in calls.columns if c in set(ranked)]
+
+
+def _gene_table(rows: pd.DataFrame, columns: list[str], suffix: str) -> pd.DataFrame:
+    """``patient_id`` + ``columns`` as whole numbers, the ``suffix`` stripped from the gene names."""
+    out = rows[columns].astype(int)
+    out.columns = [c.removesuffix(suffix) for c in columns]
+    out.insert(0, "patient_id", rows["patient_id"].to_numpy())
+    return out
+
+
+def _genomic_tables(rows: pd.DataFrame, cancer_of: dict[str, str], panels: dict[str, list[str]], out: Path,
+                    rng: np.random.Generator) -> list[dict[str, object]]:
+    """Write ``cnv.csv`` (KIRC patients) and one ``mut_<cancer>.csv`` per panel; return their manifest rows.
+
+    Copy number (GISTIC calls -2..2, categorical): the KIRC patients but :data:`N_WITHOUT_CNV`, genes
+    by :func:`cnv_genes`. Mutations (0/1, binary): every patient but :data:`N_WITHOUT_MUT`, one file per
+    cancer because the two panels differ; a gene no demo patient carries is dropped (in either panel),
+    every other gene of a panel is kept as measured (a 0 is "not mutated", not "not measured").
+    """
+    patients = list(rows["patient_id"])
+    kirc = [p for p in patients if cancer_of[p] == "kirc"]
+    no_cnv = set(rng.choice(kirc, size=N_WITHOUT_CNV, replace=False))
+    no_mut = set(rng.choice(patients, size=N_WITHOUT_MUT, replace=False))
+    by_id = rows.set_index("patient_id", drop=False)
+    entries: list[dict[str, object]] = []
+
+    cnv_rows = by_id.loc[[p for p in kirc if p not in no_cnv]]
+    calls = cnv_rows[[c for c in rows.columns if c.endswith("_cnv")]].astype(int)
+    _gene_table(cnv_rows, cnv_genes(calls), "_cnv").to_csv(out / "cnv.csv", index=False)
+    entries += [{"patient_id": p, "modality": "cnv", "path": "cnv.csv", "kind": "table",
+                 "value_type": "categorical"} for p in cnv_rows.index]
+
+    mut_patients = [p for p in patients if p not in no_mut]
+    carried = {c for c in set().union(*panels.values()) if by_id.loc[mut_patients, c].fillna(0).sum() > 0}
+    for cancer, panel in panels.items():
+        part = by_id.loc[[p for p in mut_patients if cancer_of[p] == cancer]]
+        name = f"mut_{cancer}.csv"
+        _gene_table(part, [c for c in panel if c in carried], "_mut").to_csv(out / name, index=False)
+        entries += [{"patient_id": p, "modality": "mut", "path": name, "kind": "table", "value_type": "binary"}
+                    for p in part.index]
+    return entries
+
+
 def build_demo_cohort(shared: Path, out: Path = DEMO_DIR, *, seed: int = 0) -> pd.DataFrame:
     """Rebuild the demo cohort from ``shared`` (the developers' real-data folder) into ``out``.
 
     Returns the manifest. Patients ``DEMO-01``.. are real TCGA kidney cases (KIRC: clear cell,
-    KIRP: papillary) whose expression rows, survival and tissue-source site are real and belong to
-    each other; the slides, volumes and DNA sequences given to them are real files from other
-    sources, assigned at random (the README says so).
+    KIRP: papillary) whose expression rows, copy-number and mutation rows (:func:`_genomic_tables`),
+    survival and tissue-source site are real and belong to each other; the slides, volumes and DNA
+    sequences given to them are real files from other sources, assigned at random (the README says so).
+    Deterministic for a ``seed``: the same inputs give the same files, byte for byte.
     """
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,9 +160,12 @@ def build_demo_cohort(shared: Path, out: Path = DEMO_DIR, *, seed: int = 0) -> p
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir()
 
-    rows = pd.concat([_tcga_rows(shared, c, N_PER_SUBTYPE, rng) for c in ("kirc", "kirp")]).copy()
+    parts = {c: _tcga_rows(shared, c, N_PER_SUBTYPE, rng) for c in CANCERS}
+    rows = pd.concat(parts.values()).copy()
     patients = [f"DEMO-{i + 1:02d}" for i in range(len(rows))]
     rows.insert(0, "patient_id", patients)
+    cancer_of = dict(zip(patients, [c for c, part in parts.items() for _ in range(len(part))]))
+    panels = {c: [col for col in part.columns if col.endswith("_mut")] for c, part in parts.items()}
     gene_cols = [c for c in rows.columns if c.endswith("_rnaseq")]
     gene_cols = list(rows[gene_cols].var().sort_values(ascending=False).index[:N_GENES])
     expr = rows[["patient_id", *gene_cols]].copy()
@@ -176,11 +242,14 @@ def build_demo_cohort(shared: Path, out: Path = DEMO_DIR, *, seed: int = 0) -> p
         (out / name).write_text(text)
         entries.append({"patient_id": pid, "modality": "sequence", "path": name})
 
+    # Copy number and mutations: the same TCGA cases' PORPOISE tables (real pairs with their expression).
+    entries += _genomic_tables(rows, cancer_of, panels, out, rng)
+
     manifest = pd.DataFrame(entries)
     manifest["site"] = manifest["patient_id"].map(site)
     manifest["tcga_case"] = manifest["patient_id"].map(tcga_case)
     manifest = manifest.sort_values(["patient_id", "modality"]).reset_index(drop=True)
-    manifest[["patient_id", "modality", "path", "site", "intensity", "tcga_case"]].to_csv(
+    manifest[["patient_id", "modality", "path", "kind", "value_type", "site", "intensity", "tcga_case"]].to_csv(
         out / "manifest.csv", index=False
     )
     logger.info("demo cohort: %d patients, %d files, written to %s", len(patients), len(manifest), out)

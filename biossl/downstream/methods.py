@@ -466,16 +466,30 @@ class PCABaseline:
 
     Args:
         features: Patients x raw features (for example an expression table).
-        n_components: PCA components (capped at the training patients - 1 and the feature count).
+        n_components: PCA components (capped at the training patients - 1 and the feature count); with
+            ``blocks``, one number per block.
         penalizer: lifelines ``CoxPHFitter(penalizer=...)``.
         c: Inverse L2 strength of the logistic regression.
-        name: Name in reports (the CLI uses ``pca<n>_cox`` / ``pca<n>_logreg``).
+        name: Name in reports (the CLI uses ``pca<n>_cox`` / ``pca<n>_logreg``, ``pca16+8+8_cox`` for blocks).
         source: Where the features came from, for the report.
+        blocks: Feature count of each block of columns (for example RNA, CNV, mutations side by side): each
+            block is standardised and reduced by its own PCA, and the components are concatenated. ``None``:
+            one block.
+
+    Raises:
+        InputError: ``blocks`` and ``n_components`` of different lengths, or blocks that do not cover the columns.
     """
 
-    def __init__(self, features: pd.DataFrame, *, n_components: int = 16, penalizer: float = 1.0, c: float = 1.0,
-                 name: str = "pca_baseline", source: str = "") -> None:
-        self.features, self.n_components, self.penalizer, self.c = features, n_components, penalizer, c
+    def __init__(self, features: pd.DataFrame, *, n_components: int | Sequence[int] = 16, penalizer: float = 1.0,
+                 c: float = 1.0, name: str = "pca_baseline", source: str = "",
+                 blocks: Sequence[int] | None = None) -> None:
+        comps = [int(n_components)] if isinstance(n_components, int) else [int(n) for n in n_components]
+        widths = [int(features.shape[1])] if blocks is None else [int(b) for b in blocks]
+        if len(comps) != len(widths) or sum(widths) != features.shape[1] or min(comps) < 1:
+            raise InputError(f"PCA baseline: {len(widths)} feature block(s) {widths} of {features.shape[1]} columns "
+                             f"need as many positive component counts; got {comps}")
+        self.features, self.n_components, self.penalizer, self.c = features, comps, penalizer, c
+        self.blocks = widths
         self.name, self.source = name, source
         #: The last test patients' survival curves (Cox; lifelines' Breslow baseline), see :class:`Method`.
         self.last_survival: SurvivalCurves | None = None
@@ -488,7 +502,9 @@ class PCABaseline:
         """Settings for the report."""
         return {"method": "standardise + PCA + (Cox | logistic regression) on raw features",
                 "features": self.source, "n_features": int(self.features.shape[1]),
-                "n_components": self.n_components, "cox_penalizer": self.penalizer, "logreg_C": self.c}
+                "n_components": self.n_components[0] if len(self.blocks) == 1 else self.n_components,
+                **({} if len(self.blocks) == 1 else {"blocks": self.blocks}),
+                "cox_penalizer": self.penalizer, "logreg_C": self.c}
 
     def fit_predict(self, task: Task, train: np.ndarray, test: np.ndarray, *, seed: int,
                     unlabelled: Sequence[str] = ()) -> np.ndarray:
@@ -498,10 +514,16 @@ class PCABaseline:
         x = self.features.loc[task.patients].to_numpy(dtype=np.float64)
         self.last_survival = None
         with one_thread_if_small(x.size):
-            x_train, x_test = standardise(x[train], x[test])
-            n = max(1, min(self.n_components, len(train) - 1, x.shape[1]))
-            pca = PCA(n_components=n, svd_solver="full", random_state=seed).fit(x_train)
-            z_train, z_test = pca.transform(x_train), pca.transform(x_test)
+            parts_train, parts_test = [], []
+            start = 0
+            for width, wanted in zip(self.blocks, self.n_components):
+                x_train, x_test = standardise(x[train, start:start + width], x[test, start:start + width])
+                start += width
+                n = max(1, min(wanted, len(train) - 1, width))
+                pca = PCA(n_components=n, svd_solver="full", random_state=seed).fit(x_train)
+                parts_train.append(pca.transform(x_train))
+                parts_test.append(pca.transform(x_test))
+            z_train, z_test = np.concatenate(parts_train, axis=1), np.concatenate(parts_test, axis=1)
             if task.kind == "subtype":
                 assert task.y is not None
                 return balanced_logreg(z_train, task.y[train], z_test, len(task.classes), c=self.c, seed=seed)

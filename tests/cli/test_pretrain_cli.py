@@ -22,6 +22,7 @@ def test_print_config_shows_the_resolved_run(capsys: pytest.CaptureFixture[str])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "image/vit_tiny" in out and "expression/transformer" in out and "max_steps: 300" in out
+    assert "table/mlp" in out
 
 
 @pytest.mark.integration
@@ -33,7 +34,7 @@ def test_short_run_leaves_metrics_config_and_checkpoints(tmp_path: Path) -> None
     assert code == 0
     metrics = pd.read_csv(root / "metrics.csv")
     for term in ("train/loss", "train/masked/wsi", "train/masked/volume", "train/masked/expression",
-                 "train/masked/sequence", "train/contrastive"):
+                 "train/masked/sequence", "train/masked/cnv", "train/masked/mut", "train/contrastive"):
         assert term in metrics.columns, term
     assert (root / "config.yaml").is_file()
     assert (root / "checkpoints" / "last.ckpt").is_file()
@@ -44,7 +45,7 @@ def test_short_run_leaves_metrics_config_and_checkpoints(tmp_path: Path) -> None
     # LightningCLI adds its own keys to the saved hyper-parameters; loading must not trip on them.
     assert any(k.startswith("_") for k in ckpt["hyper_parameters"])
     loaded = PretrainModule.from_checkpoint(root / "checkpoints" / "last.ckpt")
-    assert set(loaded.encoders) == {"wsi", "volume", "expression", "sequence"}
+    assert set(loaded.encoders) == {"wsi", "volume", "expression", "sequence", "cnv", "mut"}
     # Resume through the CLI (safe loading) from the step-2 checkpoint and run to step 4.
     code = main(["pretrain", "--config", str(CONFIG), "--data.manifest", str(DEMO_MANIFEST),
                  "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(root),

@@ -288,3 +288,98 @@ def test_a_modality_with_no_kind_names_the_row(tmp_path: Path, capsys: pytest.Ca
     df = pd.concat([df, extra], ignore_index=True)
     assert _cli(["cohort", str(_write(df, tmp_path))]) == 2
     _line(capsys.readouterr().err, f"row {len(df) + 1}", "'ct'", "kind")
+
+
+# -- several embeddings, several tables, retrieval (issue 14) ----------------------------------------------
+@pytest.mark.integration
+def test_finetune_probes_several_keys_and_files_on_the_same_folds(embedded: Path, tmp_path: Path) -> None:
+    """Two ``--embeddings NAME=H5AD`` and ``--embedding KEY,NAME:KEY``: a probe per (file, key), one set of folds."""
+    out = tmp_path / "r.json"
+    code = _cli(["finetune", f"--embeddings=a={embedded}", f"--embeddings=b={embedded}",
+                 "--embedding", "X_rna,b:X_cnv", "--labels", str(COHORT / "labels.csv"), "--task", "survival",
+                 "--folds", "3", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"linear_probe:a:X_rna", "linear_probe:b:X_rna", "linear_probe:b:X_cnv"}
+    assert result["n_patients"] == COUNTS["cnv"]  # the patients every probed embedding has
+    same = [result["methods"][f"linear_probe:{n}:X_rna"]["summary"]["c_index"]["mean"] for n in "ab"]
+    assert same[0] == same[1]  # the same file and key: the same folds give the same numbers
+    assert [e["name"] for e in result["inputs"]["embeddings"]] == ["a", "b"]
+
+
+@pytest.mark.integration
+def test_finetune_baselines_on_several_tables(tmp_path: Path) -> None:
+    """Repeated ``--baseline-features``: a PCA per table side by side, and the ridge on all of them (early fusion)."""
+    out = tmp_path / "r.json"
+    tables = [f"--baseline-features={COHORT / f'{m}.csv'}" for m in ("rna", "cnv", "mut")]
+    code = _cli(["finetune", "--labels", str(COHORT / "labels.csv"), "--task", "survival", "--folds", "3",
+                 *tables, "--baseline-components", "4,2,2", "--baseline-l2", "1", "--unknown-labels", "drop",
+                 "--out", str(out)])
+    assert code == 0  # 3 labelled patients have no CNV: dropped with a warning, as --unknown-labels drop says
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"pca4+2+2_cox", "linear_all_cox"}
+    assert '"blocks": [40, 30, 30]' in json.dumps(result["methods"]["pca4+2+2_cox"])
+    assert result["n_patients"] == COUNTS["cnv"]  # patients in every table
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--baseline-components", "4,2"], ["--baseline-components", "one per"]),
+    (["--embeddings", "x={emb}", "--embedding", "z:X_rna"], ["['z'] name no --embeddings"]),
+    (["--embeddings", "x={emb}", "--embeddings", "x={emb}"], ["repeat"]),
+    (["--embeddings", "{emb}", "--embedding", "X_rna,X_cnv", "--mode", "probe,finetune", "--checkpoint", "c.ckpt",
+      "--manifest", "m.csv"], ["train one embedding"]),
+])
+def test_finetune_several_inputs_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                                             words: list[str]) -> None:
+    tables = [f"--baseline-features={COHORT / f'{m}.csv'}" for m in ("rna", "cnv", "mut")]
+    emb = tmp_path / "x.h5ad"
+    ad.AnnData(obs=pd.DataFrame(index=["p1", "p2"]), obsm={"X_rna": np.zeros((2, 2))}).write_h5ad(emb)
+    extra = [a.format(emb=emb) for a in extra]
+    code = _cli(["finetune", "--labels", str(COHORT / "labels.csv"), "--task", "survival", "--folds", "3",
+                 *tables, *extra, "--out", str(tmp_path / "r.json")])
+    assert code == 2
+    _line(capsys.readouterr().err, *words)
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.integration
+def test_retrieval_between_the_named_tables(embedded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, png = tmp_path / "ret.json", tmp_path / "ret.png"
+    assert _cli(["retrieval", "--embeddings", str(embedded), "--keys", "X_rna,X_cnv,X_mut", "--out", str(out),
+                 "--plot", str(png)]) == 0
+    result = json.loads(out.read_text())
+    pairs = {(p["query"], p["target"]): p for p in result["pairs"]}
+    assert len(pairs) == 6
+    assert pairs[("X_rna", "X_cnv")]["n"] == COUNTS["cnv"] and pairs[("X_rna", "X_mut")]["n"] == COUNTS["mut"]
+    for p in pairs.values():
+        assert 0 <= p["recall"]["1"] <= p["recall"]["10"] <= 1
+        assert p["chance"]["10"] == min(10, p["n"]) / p["n"]
+    assert png.stat().st_size > 0
+    assert "X_rna | X_cnv | 13" in capsys.readouterr().out
+    # --patients: only those patients are candidates
+    some = pd.read_csv(COHORT / "labels.csv")["patient_id"][:8]
+    pd.DataFrame({"patient_id": some}).to_csv(tmp_path / "held.csv", index=False)
+    assert _cli(["retrieval", "--embeddings", str(embedded), "--keys", "X_rna,X_mut", "--patients",
+                 str(tmp_path / "held.csv"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {p["n"] for p in result["pairs"]} == {8}
+    assert set(result["pairs"][0]["patients"]) == set(some)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--keys", "X_rna,X_methylation"], ["X_methylation", "--keys"]),
+    (["--keys", "X_rna"], ["two or more"]),
+    (["--patients", "{nocol}"], ["no column", "--id-column"]),
+    (["--patients", "{unknown}"], ["none of its", "patients"]),
+    (["--k", "0,5"], ["--k"]),
+])
+def test_retrieval_bad_input(embedded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                             words: list[str]) -> None:
+    pd.DataFrame({"case": ["TCGA-XF-A8HB"]}).to_csv(tmp_path / "nocol.csv", index=False)
+    pd.DataFrame({"patient_id": ["NOBODY-1", "NOBODY-2"]}).to_csv(tmp_path / "unknown.csv", index=False)
+    argv = [a.format(nocol=tmp_path / "nocol.csv", unknown=tmp_path / "unknown.csv") for a in argv]
+    out = tmp_path / "ret.json"
+    assert _cli(["retrieval", "--embeddings", str(embedded), *argv, "--out", str(out)]) == 2
+    _line(capsys.readouterr().err, *words)
+    assert not out.exists()
