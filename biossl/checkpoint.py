@@ -5,7 +5,8 @@ Everything that opens a checkpoint goes through :func:`load_checkpoint` (the pat
 module): ``torch.load(weights_only=True)`` -- a checkpoint holds only tensors and plain values, so
 no pickled code runs --, a ``biossl`` section with the resolved modality specs, and a biossl of
 this major version. Every failure is an :class:`~biossl.errors.InputError` of one line naming the
-file and what to do.
+file and what to do. The plug-in modules the checkpoint records (``checkpoint["biossl"]["plugins"]``,
+:mod:`biossl.plugins`) are imported by name before the caller rebuilds its model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from biossl import __version__
+from biossl import __version__, plugins
 from biossl.errors import InputError
 
 #: What to do about an unusable checkpoint.
@@ -72,7 +73,8 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     Raises:
         InputError: the file is missing, unreadable (truncated, not a checkpoint, pickled objects), has
             no ``biossl`` section (not written by ``biossl pretrain``), or was written by a biossl of
-            another major version (its version is stored in ``checkpoint["biossl"]["version"]``).
+            another major version (its version is stored in ``checkpoint["biossl"]["version"]``), or
+            names a plug-in module that cannot be imported (:func:`biossl.plugins.require_plugins`).
     """
     path = Path(path)
     if not path.is_file():
@@ -90,6 +92,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise InputError(f"checkpoint {path} was written by biossl {version}, incompatible with this biossl "
                          f"{__version__} (checkpoints load within one major version); install biossl "
                          f"{version} to use it, or pretrain again with this version")
+    plugins.require_plugins(ckpt, path)
     return ckpt
 
 

@@ -4,7 +4,9 @@ Each verb lives in ``biossl/commands/<verb>.py`` and exposes ``HELP`` (one line)
 ``add_arguments(parser)`` and ``run(args) -> int``. Verbs import lazily so that ``biossl --help``
 stays fast. Bad input (:class:`biossl.errors.InputError`) becomes one line on stderr and exit code 2;
 an output that cannot be written (:class:`biossl.errors.OutputError`, a full disk) one line and exit code 74.
-Global options (``-v``, ``--threads N``) come before the verb.
+Global options (``-v``, ``--threads N``) come before the verb; ``--plugin MODULE`` (repeatable) may come
+before or after it. Before a verb runs, the plug-in modules (:mod:`biossl.plugins`: entry points of the group
+``biossl.plugins``, ``$BIOSSL_PLUGINS``, ``--plugin``) are imported; ``biossl --help`` imports none.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ VERBS: dict[str, str] = {
     "finetune": "finetune",
     "audit": "audit",
     "retrieval": "retrieval",
+    "export": "export",
 }
 
 #: verbs that parse their own arguments (LightningCLI): ``main(argv) -> int``.
@@ -46,7 +49,12 @@ _HELP: dict[str, str] = {
     "finetune": "cross-validated subtype / survival heads on embeddings, with PCA baselines; JSON result",
     "audit": "probe embeddings for site/scanner/batch signal; audit.json, report.html; exit 1 when a probe fails",
     "retrieval": "cross-modal retrieval between a patient's embeddings of two modalities: recall@k against chance",
+    "export": "write a checkpoint modality's encoder for other tools (save_pretrained folder, or state_dict + spec)",
 }
+
+PLUGIN_HELP = ("import a plug-in module registering encoders, objectives or kinds: a module name on sys.path or a .py "
+               "file (repeatable; before or after the verb; also $BIOSSL_PLUGINS=mod1,mod2 and the entry points of "
+               "the group 'biossl.plugins')")
 
 
 EXIT_CODES = """exit codes:
@@ -76,11 +84,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=_threads, default=None, metavar="N",
                         help="CPU threads of torch (default: the CPUs this process may use: affinity, cgroup quota, "
                              "SLURM_CPUS_PER_TASK; or $BIOSSL_NUM_THREADS, or $OMP_NUM_THREADS when set)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
         p = sub.add_parser(verb, help=_HELP[verb], description=_HELP[verb])
+        p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
         p.set_defaults(_verb=verb)
     return parser
+
+
+def _take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Remove every ``--plugin MODULE`` / ``--plugin=MODULE`` (before ``--``) from ``argv``: ``(modules, rest)``.
+
+    Raises:
+        InputError: ``--plugin`` is the last word, with no module after it.
+    """
+    named: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a.startswith("--plugin="):
+            named.append(a.split("=", 1)[1])
+        elif a == "--plugin":
+            if i + 1 >= len(argv) or not argv[i + 1] or argv[i + 1].startswith("-"):
+                raise InputError("--plugin needs a module name (mypkg.biossl_plugin) or a .py file after it")
+            named.append(argv[i + 1])
+            i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return named, rest
+
+
+def _with_plugins(named: list[str], run: Callable[[], int | None]) -> Callable[[], int | None]:
+    """``run``, after importing the plug-ins (entry points, ``$BIOSSL_PLUGINS``, ``named``)."""
+
+    def wrapped() -> int | None:
+        from biossl.plugins import load_plugins
+
+        load_plugins(named)
+        return run()
+
+    return wrapped
 
 
 def _split_globals(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -105,6 +154,11 @@ def _logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``biossl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        named, argv = _take_plugins(argv)
+    except InputError as exc:
+        print(f"biossl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     head, rest = _split_globals(argv)
     if rest and rest[0] in VERBS and "-h" not in rest and "--help" not in rest:
         bad_environment = _thread_environment(rest[0])
@@ -112,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bad_environment
     if rest and rest[0] in PASSTHROUGH:
         options = build_parser().parse_args(head)  # global options only; bad ones exit 2 with argparse's message
-        return _passthrough(rest[0], rest[1:], verbose=options.verbose, threads=options.threads)
+        return _passthrough(rest[0], rest[1:], verbose=options.verbose, threads=options.threads, plugins=named)
     parser = build_parser()
     # Parse once to find the verb, then let the verb's module add its own arguments.
     verb = next((a for a in argv if a in VERBS), None)
@@ -126,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(f"biossl.commands.{VERBS[args._verb]}")
-    return _guarded(args._verb, lambda: module.run(args), args.threads)
+    return _guarded(args._verb, _with_plugins(named, lambda: module.run(args)), args.threads)
 
 
 def _thread_environment(verb: str) -> int | None:
@@ -141,10 +195,13 @@ def _thread_environment(verb: str) -> int | None:
     return None
 
 
-def _passthrough(verb: str, rest: list[str], *, verbose: bool = False, threads: int | None = None) -> int:
+def _passthrough(verb: str, rest: list[str], *, verbose: bool = False, threads: int | None = None,
+                 plugins: list[str] | None = None) -> int:
     _logging(verbose)
     module = importlib.import_module(f"biossl.commands.{VERBS[verb]}")
-    return _guarded(verb, lambda: module.main(rest), threads)
+    run = (lambda: module.main(rest)) if "-h" in rest or "--help" in rest else _with_plugins(
+        list(plugins or []), lambda: module.main(rest))
+    return _guarded(verb, run, threads)
 
 
 def _guarded(verb: str, run: Callable[[], int | None], threads: int | None) -> int:

@@ -1,6 +1,8 @@
 """Name → factory registries for encoders, objectives and heads.
 
-Names read like ``"tile/vit_small"`` or ``"objective/vicreg"``; a miss lists the known names.
+Names read like ``"tile/vit_small"`` or ``"objective/vicreg"``; a miss lists the known names. A name
+registered while a plug-in module is imported (:mod:`biossl.plugins`) is attributed to that plug-in, so a
+checkpoint can record which plug-in provides its encoder.
 """
 
 from __future__ import annotations
@@ -11,7 +13,15 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from biossl import plugins
+
 T = TypeVar("T")
+_REGISTRIES: list[Registry[Any]] = []
+
+
+def registries() -> list[Registry[Any]]:
+    """Every registry made so far (encoders, objectives, kinds, ...)."""
+    return list(_REGISTRIES)
 
 
 class Registry(Generic[T]):
@@ -28,6 +38,7 @@ class Registry(Generic[T]):
         self.package = package
         self._items: dict[str, Callable[..., T]] = {}
         self._loaded = package is None
+        _REGISTRIES.append(self)
 
     def _load(self) -> None:
         if self._loaded or self.package is None:
@@ -45,6 +56,9 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = fn
+            plugin = plugins.current()
+            if plugin is not None and not str(getattr(fn, "__module__", "")).startswith("biossl."):
+                plugin.provides.append(f"{self.kind} {name}")
             return fn
 
         return deco
@@ -64,6 +78,7 @@ class Registry(Generic[T]):
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise KeyError(
                 f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}"
+                f"{plugins.hint()}"
             ) from None
 
     def build(self, name: str, **kwargs: Any) -> T:

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--work-dir", type=Path, default=None, metavar="DIR",
                      help="tile coordinates and scan cache for --checkpoint (default: the pretraining run's for its "
                      "own cohort, else ./biossl_work)")
+    src.add_argument("--max-tiles", "--max-instances", dest="max_instances", type=int, default=None, metavar="N",
+                     help="embeddings from --checkpoint: at most N instances per patient and modality, drawn with "
+                          "--seed (default: every tile of every slide, as `biossl embed`)")
     src.add_argument("--artifacts", action="store_true",
                      help="also run the synthetic artifact probes (drift, detectability, stability; --checkpoint)")
     parser.add_argument("--columns", type=_names, required=True, metavar="COL[,COL...]",
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the audit, write the JSON and the report, print the verdict table; 0 pass, 1 fail."""
     from biossl.audit.report import format_verdicts
     from biossl.audit.run import audit_embeddings, exit_code, write_audit
+    from biossl.commands.embed import instance_policy
     from biossl.errors import InputError
     from biossl.privacy import read_salt
 
@@ -86,11 +90,16 @@ def run(args: argparse.Namespace) -> int:
                          "--manifest")
     if args.checkpoint is not None and args.manifest is None:
         raise InputError("--checkpoint needs --manifest (the cohort to embed)")
+    if args.max_instances is not None and args.embeddings is not None:
+        raise InputError("--max-tiles applies to embeddings computed from --checkpoint; the embeddings of --embeddings "
+                         "were computed by `biossl embed` (give it --max-tiles there)")
+    instance_policy(args)  # a bad --max-tiles fails before any work
     loaded = None  # the checkpoint and the cohort, opened once for the embeddings and the artifact probes
     if args.embeddings is None:
         from biossl.downstream.embed import embed_loaded, load_cohort
 
-        loaded = load_cohort(args.checkpoint, args.manifest, work_dir=args.work_dir, seed=args.seed)
+        loaded = load_cohort(args.checkpoint, args.manifest, work_dir=args.work_dir, seed=args.seed,
+                             policy=instance_policy(args))
         adata = embed_loaded(loaded, labels=args.labels, unknown_labels="drop")
         source = f"the embeddings of {args.manifest} by {args.checkpoint}"
     else:

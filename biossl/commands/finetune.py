@@ -130,6 +130,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     modes.add_argument("--features-dir", type=Path, default=None, metavar="DIR",
                        help="cached tile features (checkpoints pretrained with `biossl cache-features`)")
     modes.add_argument("--skip-bad", action="store_true", help="skip unreadable manifest rows with a warning")
+    modes.add_argument("--max-tiles", "--max-instances", dest="max_instances", type=int, default=None, metavar="N",
+                       help="probe embeddings from --checkpoint: at most N instances per patient and modality, drawn "
+                            "with --seed (default: every tile of every slide, as `biossl embed`)")
     modes.add_argument("--device", default="auto", help="auto (CUDA if available, bf16 autocast), cpu, cuda, ...")
     modes.add_argument("--epochs", type=int, default=D.epochs, help=f"finetune/scratch epochs (default {D.epochs})")
     modes.add_argument("--batch-size", type=int, default=D.batch_size, metavar="N",
@@ -350,6 +353,9 @@ def _check_args(args: argparse.Namespace, modes: list[str]) -> None:
         if not 1 <= args.baseline_kmer <= MAX_K:
             raise InputError(f"--baseline-kmer must be between 1 and {MAX_K} (4**K features); got "
                              f"{args.baseline_kmer}")
+    if getattr(args, "max_instances", None) is not None and args.checkpoint is None:
+        raise InputError("--max-tiles applies to probe embeddings computed from --checkpoint; the embeddings of "
+                         "--embeddings were computed by `biossl embed` (give it --max-tiles there)")
     if args.plot is not None and args.label_fractions is None:
         raise InputError("--plot draws the label-efficiency curve: give --label-fractions too")
     if args.seeds is not None and args.label_fractions is None:
@@ -411,8 +417,10 @@ def run(args: argparse.Namespace) -> int:
                                     survival_loss=args.survival_loss, n_bins=args.bins,
                                     pseudo_threshold=args.pseudo_threshold, pseudo_weight=args.pseudo_weight)
         settings.check()
+        from biossl.commands.embed import instance_policy
+
         bags = CohortBags(args.checkpoint, args.manifest, work_dir=args.work_dir, features_dir=args.features_dir,
-                          skip_bad=args.skip_bad, seed=args.seed)
+                          skip_bad=args.skip_bad, seed=args.seed, policy=instance_policy(args))
         for key in embedding_keys:
             bags.modalities_for(key)  # a bad --embedding fails before any fit
         known |= set(bags.dataset.patients)
@@ -456,7 +464,7 @@ def run(args: argparse.Namespace) -> int:
                 patients = list(frame.index)
             inputs["embeddings"] = {"computed_from": args.checkpoint.name,
                                     "obsm": embedding_keys[0] if len(embedding_keys) == 1 else embedding_keys,
-                                    "draw": "epoch 0 with --seed, as `biossl embed`"}
+                                    "instances": bags.policy.describe()}
         known |= set(patients)
         l2 = _l2(args.l2, args.task)
         probe_kw: dict[str, Any] = dict(hidden=None if args.head == "linear" else args.hidden,

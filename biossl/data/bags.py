@@ -9,6 +9,7 @@ DataLoader workers, and a resumed run draws the same bags as an uninterrupted on
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ class Pick:
     depend on the worker.
     """
 
+    #: Every instance is wanted (:class:`Every`): a source that draws otherwise (3D patch corners) enumerates them.
+    whole = False
+
     def __init__(self, rng: np.random.Generator, train: bool) -> None:
         self.rng, self.train = rng, train
 
@@ -72,6 +76,59 @@ class Pick:
         if not self.train:
             return np.arange(min(n, k))
         return self.rng.choice(n, size=min(n, k), replace=False)
+
+
+def select_instances(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Indices (sorted) of the instances a whole-patient embedding uses: all ``n``, or ``limit`` drawn from ``rng``."""
+    if limit is None or n <= limit:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(rng.choice(n, size=limit, replace=False)).astype(np.int64)
+
+
+class Every(Pick):
+    """``pick(n, k)`` ignoring ``k``: every instance, or ``limit`` of them (:func:`select_instances`).
+
+    What a source gets when a whole patient is embedded (:class:`InstancePolicy`) and it cannot be read
+    in chunks (no ``count``/``read``): its ``draw`` returns all the patient's instances at once.
+    :attr:`available` counts the instances the source offered.
+    """
+
+    whole = True
+
+    def __init__(self, rng: np.random.Generator, limit: int | None = None) -> None:
+        super().__init__(rng, train=False)
+        self.limit, self.available = limit, 0
+
+    def __call__(self, n: int, k: int) -> np.ndarray:
+        """Indices of the instances to use (``k`` is the bag size of training: ignored)."""
+        self.available += n
+        return select_instances(n, self.limit, self.rng)
+
+
+@dataclass(frozen=True)
+class InstancePolicy:
+    """Which instances a patient's embedding uses (``biossl embed``, ``finetune``, ``audit`` from a checkpoint).
+
+    Args:
+        max_instances: ``None``: every instance of the patient (every tissue tile of every slide, every
+            patch of a scan's grid, every DNA window); else at most this many per patient and modality,
+            drawn without replacement from numpy's generator seeded ``(seed, patient index, modality)``.
+        chunk_size: Instances read and encoded per forward pass (memory: ``chunk_size`` instances plus
+            the ``N x D`` instance embeddings of one patient).
+    """
+
+    max_instances: int | None = None
+    chunk_size: int = 256
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary (``uns["biossl"]["instances"]``)."""
+        return {"policy": "all" if self.max_instances is None else f"sampled {self.max_instances}",
+                "max_instances": "none" if self.max_instances is None else int(self.max_instances),
+                "chunk_size": int(self.chunk_size), "sample_seed": "(seed, patient index, crc32(modality))"}
+
+    def rng(self, seed: int, index: int, modality: str) -> np.random.Generator:
+        """The generator of patient ``index``'s sample of ``modality``."""
+        return np.random.default_rng((seed, index, zlib.crc32(modality.encode())))
 
 
 @dataclass
@@ -261,6 +318,76 @@ class PatientBagDataset(Dataset[dict[str, Any]]):
             if entry is not None:
                 item[m] = entry
         return item
+
+
+#: One read of :class:`InstanceReads`: (modality, patient index, instances -- a ``(start, stop)`` range of
+#: every instance, an index array of a sample, or ``None`` for the source's whole draw --, last read of
+#: the patient-modality, instances available or -1 when only the draw knows).
+Read = tuple[str, int, tuple[int, int] | np.ndarray | None, bool, int]
+
+
+def streams(source: Any) -> bool:
+    """Whether a kind's source reads any instances on request (``count(patient)`` and ``read(patient, indices)``)."""
+    return callable(getattr(source, "count", None)) and callable(getattr(source, "read", None))
+
+
+class InstanceReads(Dataset[dict[str, Any]]):
+    """The reads of a whole-patient embedding: every patient's instances of each modality, chunk by chunk.
+
+    Sources that read on request (slides' tiles or cached features, DNA windows: :func:`streams`) are
+    read ``chunk_size`` instances at a time, so memory does not grow with a slide's tile count. Other
+    sources (tables, 3D scans, plug-in kinds) are asked once per patient for every instance through
+    their ``draw`` with an :class:`Every` pick (a scan's grid patches, a table's rows), and the caller
+    encodes them in chunks. Items come modality by modality, each patient's reads in order; an item is
+    ``{"modality", "index", "last", "available", "entry"}`` (``entry`` ``None`` when the patient lacks it).
+
+    Args:
+        dataset: The cohort's patient bags (its sources and patients).
+        modalities: The modalities to read.
+        policy: Every instance, or a seeded sample of at most ``max_instances`` (:class:`InstancePolicy`).
+        seed: Seed of the sample.
+    """
+
+    def __init__(self, dataset: PatientBagDataset, modalities: Sequence[str], policy: InstancePolicy,
+                 seed: int = 0) -> None:
+        self.dataset, self.policy, self.seed = dataset, policy, seed
+        self.reads: list[Read] = []
+        chunk = int(policy.chunk_size)
+        for m in modalities:
+            source = dataset.sources.get(m)
+            if source is None:
+                continue
+            for i, p in enumerate(dataset.patients):
+                if not streams(source):
+                    if m in dataset.cohort.modalities_of(p):
+                        self.reads.append((m, i, None, True, -1))
+                    continue
+                n = int(source.count(p))
+                if n == 0:
+                    continue
+                if policy.max_instances is None or n <= policy.max_instances:
+                    self.reads += [(m, i, (a, min(a + chunk, n)), a + chunk >= n, n) for a in range(0, n, chunk)]
+                    continue
+                chosen = select_instances(n, policy.max_instances, policy.rng(seed, i, m))
+                self.reads += [(m, i, chosen[a:a + chunk], a + chunk >= len(chosen), n)
+                               for a in range(0, len(chosen), chunk)]
+
+    def __len__(self) -> int:
+        return len(self.reads)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        m, i, which, last, available = self.reads[j]
+        source, p = self.dataset.sources[m], self.dataset.patients[i]
+        if which is None:
+            pick = Every(self.policy.rng(self.seed, i, m), self.policy.max_instances)
+            entry = source.draw(p, pick)
+            available = pick.available if pick.available else (0 if entry is None else len(entry[keys.X]))
+        else:
+            indices = np.arange(*which, dtype=np.int64) if isinstance(which, tuple) else which
+            entry = source.read(p, indices)
+        if entry is not None and len(entry[keys.X]) == 0:
+            entry = None
+        return {"modality": m, "index": i, "last": last, "available": int(available), "entry": entry}
 
 
 def _metadata_records(cohort: Cohort, patients: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,13 @@ fingerprint, :func:`biossl.data.tiling.slide_key`) with
   ``extra_attrs``.
 
 :func:`feature_files_for` finds a cohort's slides' files by that name, else by the slide's stem alone
-(``<stem>.h5``, as TRIDENT and CLAM name theirs), checking the slide fingerprint a file records.
+(``<stem>.h5``, as TRIDENT and CLAM name theirs; else ``<stem>.pt``), checking the slide fingerprint a file records.
+
+:class:`SlideFeatures` also reads the files of other tools (``docs/foundation_models.md``): TRIDENT's
+``features_<encoder>/<slide>.h5`` (``features`` ``[N, D]``, ``coords`` ``[N, 2]`` at level 0, attributes on
+the datasets; an empty slide's ``features`` may be 1-D ``(0,)``), CLAM's ``h5_files/<slide>.h5`` (``features``
+float32, ``coords`` int32) and the ``.pt`` files both write (a tensor, or TRIDENT's numpy array, ``[N, D]``,
+read with ``weights_only`` loading; no coordinates).
 
 Tiles are fed to the encoder exactly as :class:`biossl.data.bags.PatientBagDataset` feeds pixels
 (float in [0, 1], bilinear antialiased resize to ``tile_px``), so a checkpoint's wsi encoder sees
@@ -25,6 +31,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -197,10 +204,58 @@ def write_tile_features(
     return out
 
 
-class SlideFeatures:
-    """Reader of one features file written by :func:`write_tile_features`.
+#: What a features file is, for messages.
+FEATURES_FILE = ("a tile-features file (an .h5 with a 'features' dataset [N, D]: `biossl cache-features`, TRIDENT, "
+                 "CLAM; or a .pt tensor [N, D]: CLAM's pt_files, TRIDENT)")
 
-    The HDF5 file is opened on first :meth:`read` in each process (safe in DataLoader workers).
+
+def _numpy_globals() -> list[Any]:
+    """The numpy reconstruction functions ``weights_only`` loading needs for a pickled array (TRIDENT's ``.pt``)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype,
+            *(getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType"))]
+
+
+def _pt_reason(exc: BaseException) -> str:
+    """Why safe loading refused a ``.pt`` file, in a few words (torch's text spans many lines)."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if found:
+        return f"it holds a pickled {found.group(1)} object (only a tensor or array [N, D] is read, by safe loading)"
+    return f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+
+
+def load_pt_features(path: Path) -> torch.Tensor:
+    """A ``.pt`` features file as a tensor ``[N, D]`` (``weights_only``; a tensor is memory-mapped).
+
+    Raises:
+        InputError: Not readable by safe loading, or not a tensor / array of 2 dimensions (or empty).
+    """
+    try:
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip file (legacy format): no mmap
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (unpickling raises many types)
+        if "GLOBAL numpy" not in str(exc):
+            raise InputError(f"{path} is not {FEATURES_FILE}: {_pt_reason(exc)}") from None
+        try:
+            with torch.serialization.safe_globals(_numpy_globals()):
+                value = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc2:  # noqa: BLE001
+            raise InputError(f"{path} is not {FEATURES_FILE}: {_pt_reason(exc2)}") from None
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor) or not (value.ndim == 2 or value.numel() == 0):
+        what = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise InputError(f"{path} is not {FEATURES_FILE}: it holds {what}")
+    return value.reshape(0, 0) if value.ndim != 2 else value
+
+
+class SlideFeatures:
+    """Reader of one features file: :func:`write_tile_features`', TRIDENT's or CLAM's ``.h5``, or a ``.pt``.
+
+    The HDF5 file is opened on first :meth:`read` in each process (safe in DataLoader workers). A file
+    without rows may have an unknown width (TRIDENT writes a 1-D empty ``features`` then): ``embed_dim`` 0.
 
     Raises:
         InputError: The file is not a features file.
@@ -208,27 +263,47 @@ class SlideFeatures:
 
     def __init__(self, h5_path: str | os.PathLike[str]) -> None:
         self.h5_path = Path(h5_path)
+        self.attrs: dict[str, Any] = {}
+        self._tensor: tuple[int, torch.Tensor] | None = None
+        if self.h5_path.suffix == ".pt":
+            if not self.h5_path.is_file():
+                raise InputError(f"tile-features file {self.h5_path} not found")
+            self.n, self.embed_dim = (int(s) for s in load_pt_features(self.h5_path).shape)
+            self._handle: tuple[int, h5py.File] | None = None
+            return
         try:
             with h5py.File(self.h5_path, "r") as f:
-                self.n, self.embed_dim = (int(s) for s in f["features"].shape)
-                self.attrs: dict[str, Any] = dict(f.attrs)
+                shape = f["features"].shape
+                self.attrs = dict(f.attrs)
         except (OSError, KeyError, ValueError) as exc:
-            raise InputError(
-                f"{self.h5_path} is not a tile-features file from `biossl cache-features` ({exc}); write it again"
-            ) from None
-        self._handle: tuple[int, h5py.File] | None = None
+            raise InputError(f"{self.h5_path} is not {FEATURES_FILE} ({exc}); write it again") from None
+        if len(shape) == 1 and shape[0] == 0:
+            shape = (0, 0)  # TRIDENT's features of a slide without patches, from an encoder of unknown width
+        if len(shape) != 2:
+            raise InputError(f"{self.h5_path}: its 'features' dataset has shape {shape}, not [N, D] (one row per "
+                             "tile); write it again")
+        self.n, self.embed_dim = (int(s) for s in shape)
+        self._handle = None
 
     def __len__(self) -> int:
         return self.n
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handle": None}
+        return {**self.__dict__, "_handle": None, "_tensor": None}
 
     @property
     def coords(self) -> np.ndarray:
-        """Level-0 ``[N, 2]`` tile coordinates, in the row order of the features."""
+        """Level-0 ``[N, 2]`` tile coordinates, in the row order of the features (none for a ``.pt`` file)."""
+        if self.h5_path.suffix == ".pt":
+            return np.zeros((0, 2), np.int64)
         with h5py.File(self.h5_path, "r") as f:
             return np.asarray(f["coords"][:], dtype=np.int64)
+
+    def _rows(self, uniq: np.ndarray) -> np.ndarray:
+        """Rows ``uniq`` (increasing, unique) of a ``.pt`` file (loaded once per process)."""
+        if self._tensor is None or self._tensor[0] != os.getpid():
+            self._tensor = (os.getpid(), load_pt_features(self.h5_path))
+        return self._tensor[1][torch.from_numpy(uniq)].float().numpy()
 
     def _dataset(self) -> h5py.Dataset:
         if self._handle is None or self._handle[0] != os.getpid():
@@ -243,6 +318,8 @@ class SlideFeatures:
         if idx.min() < 0 or idx.max() >= self.n:
             raise IndexError(f"{self.h5_path}: tile indices must be in [0, {self.n}), got {idx.min()}..{idx.max()}")
         uniq, inverse = np.unique(idx, return_inverse=True)
+        if self.h5_path.suffix == ".pt":
+            return np.asarray(self._rows(uniq)[inverse], dtype=np.float32)
         ds = self._dataset()
         # h5py wants increasing indices; past a quarter of the rows one contiguous read is faster
         rows = ds[:][uniq] if len(uniq) > self.n // 4 else ds[uniq]
@@ -253,6 +330,7 @@ class SlideFeatures:
         if self._handle is not None and self._handle[0] == os.getpid():
             self._handle[1].close()
         self._handle = None
+        self._tensor = None
 
 
 def _recorded_slide(path: Path) -> tuple[str | None, str | None]:
@@ -298,6 +376,13 @@ def _check_stem_file(path: Path, slide: Path, who: str) -> None:
     neither (another tool's) is taken as named if its tiles lie inside the slide, with a warning (once
     per folder) that it could not be checked further.
     """
+    if path.suffix == ".pt":  # CLAM's pt_files: neither attributes nor coordinates to check
+        if path.parent not in _NAME_ONLY:
+            _NAME_ONLY.add(path.parent)
+            logger.warning("tile features in %s are .pt files (CLAM, TRIDENT): each is matched to its slide by the "
+                           "file name alone (%s for slide %s); keep one such folder per cohort", path.parent,
+                           path.name, slide)
+        return
     identity = file_identity(slide)
     fingerprint, recorded = _recorded_slide(path)
     redo = "compute this slide's features (`biossl cache-features` on its coordinates) or remove the file"
@@ -360,6 +445,8 @@ def feature_files_for(
         slide = Path(slide)
         keyed = Path(features_dir) / f"{slide_key(slide)}.h5"
         path = keyed if keyed.is_file() else Path(features_dir) / f"{slide.stem}.h5"
+        if not path.is_file() and path.with_suffix(".pt").is_file():
+            path = path.with_suffix(".pt")  # CLAM's pt_files/<slide>.pt
         if not path.is_file():
             raise InputError(
                 f"{who}no tile features {keyed} for slide {slide}; run "
@@ -378,13 +465,30 @@ def feature_files_for(
     return out
 
 
-def common_embed_dim(paths: Iterable[str | os.PathLike[str]]) -> int:
-    """Return the feature width shared by all files; raise :class:`InputError` naming any that differ."""
+def common_embed_dim(paths: Iterable[str | os.PathLike[str]], *, want: int | None = None,
+                     modality: str | None = None) -> int:
+    """Return the feature width shared by all files; raise :class:`InputError` naming any that differ.
+
+    Files without rows of unknown width (TRIDENT's empty slides) are left out.
+
+    Args:
+        paths: The features files.
+        want: The width a checkpoint was trained on: a file of another width is refused, named.
+        modality: The modality, for messages.
+    """
     dims: dict[int, list[str]] = {}
     for p in paths:
-        dims.setdefault(SlideFeatures(p).embed_dim, []).append(str(p))
+        feats = SlideFeatures(p)
+        if feats.embed_dim == 0 and len(feats) == 0:
+            continue
+        if want and feats.embed_dim != int(want):
+            of = f" of modality {modality!r}" if modality else ""
+            raise InputError(f"tile-features file {p}{of} has {feats.embed_dim}-wide features, but the checkpoint was "
+                             f"trained on {int(want)}-wide ones: use the files of the extractor (and encoder) it was "
+                             "trained on, or pretrain again on these")
+        dims.setdefault(feats.embed_dim, []).append(str(p))
     if not dims:
-        raise InputError("no tile-feature files were given; run `biossl cache-features` first")
+        raise InputError("no tile-feature files with rows were given; run `biossl cache-features` first")
     if len(dims) != 1:
         said = "; ".join(f"D={d}: {', '.join(ps[:3])}{' ...' if len(ps) > 3 else ''}" for d, ps in dims.items())
         raise InputError(f"tile-feature files differ in width ({said}); cache all slides with one encoder")

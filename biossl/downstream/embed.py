@@ -4,11 +4,18 @@ The checkpoint fixes everything the data side needs: the bag spec (instances per
 shapes), the gene vocabulary that expression is aligned to, the tokeniser, and the tiling options of
 the pretraining run (``data.mpp``, ``data.tile_size``, ``data.min_tissue`` of its resolved config).
 
-**Sampling.** Each patient's bag is drawn exactly as pretraining draws epoch 0 with the same seed:
-the bag spec's ``k`` instances per modality (tiles across all of the patient's slides, 3D patches,
-expression profiles, DNA windows), chosen by numpy's generator seeded with ``(seed, 0, i)`` where ``i``
-is the patient's position in the sorted cohort. The same checkpoint, cohort and ``seed`` (default 0)
-give the same embeddings on every run.
+**Instances.** By default a patient's embedding of a modality uses *every* instance the patient has
+(:class:`~biossl.data.bags.InstancePolicy`): every tissue tile of every one of its slides (the tiles
+``biossl tile`` kept), every patch of each scan's non-overlapping grid at the checkpoint's spacing
+(stride = patch size, far edges zero-padded), every DNA window tiling its sequences, every row of its
+tables. Instances are read and encoded ``chunk_size`` at a time (slides and DNA are read chunk by chunk,
+so memory does not grow with a slide's tile count beyond the ``N x D`` instance embeddings of one
+patient; a scan's or a table's instances are read per patient and encoded in chunks), then the
+modality's pooling (the checkpoint's attention-MIL pool) runs once over all ``N`` instance embeddings.
+``max_instances`` (``--max-tiles``) uses at most that many per patient and modality instead, drawn
+without replacement by numpy's generator seeded ``(seed, patient index, crc32(modality))``. The same
+checkpoint, cohort, ``seed`` and policy give the same embeddings on every run; the chunk size changes
+nothing but float rounding. Pretraining and fine-tuning still draw random bags of the bag spec's ``k``.
 
 **Fusion.** ``X_fused`` is :class:`biossl.encoders.fusion.MeanFusion` (parameter-free; nothing needs
 training) over the L2-normalised modality embeddings -- the space the cross-modal CLIP loss compares
@@ -19,9 +26,11 @@ per patient), ``has_<modality>`` flags, ``pretrain_holdout`` (patients the check
 out of pretraining, ``data.holdout``; only when it held some out) and, with a labels table, its
 columns; ``obsm["X_<modality>"]`` the pooled embedding of each modality of the checkpoint, NaN rows
 where the patient lacks it;
+``obs["n_instances_<modality>"]`` the instances each embedding used and ``obs["n_available_<modality>"]``
+those the patient has (0 where it lacks the modality);
 ``obsm["X_fused"]``, also copied to ``X`` (vars ``fused_000`` ...) so that scanpy's defaults work;
-``uns["biossl"]`` the provenance. Patients with none of the checkpoint's modalities have no embedding
-and are left out (logged).
+``uns["biossl"]`` the provenance (``instances``: the policy, all or sampled ``N``, and the chunk size).
+Patients with none of the checkpoint's modalities have no embedding and are left out (logged).
 """
 
 from __future__ import annotations
@@ -40,7 +49,15 @@ import yaml
 from torch.utils.data import DataLoader
 
 from biossl import __version__, keys
-from biossl.data.bags import BagSampler, BagSpec, PatientBagDataset, batch_to, collate_bags
+from biossl.data.bags import (
+    BagSampler,
+    BagSpec,
+    InstancePolicy,
+    InstanceReads,
+    PatientBagDataset,
+    batch_to,
+    collate_bags,
+)
 from biossl.data.cohort import Cohort, read_manifest
 from biossl.data.labels import MAX_NAMED, check_obs_columns, read_labels
 from biossl.encoders.patient import PatientEncoder, PatientModel
@@ -51,7 +68,11 @@ logger = logging.getLogger(__name__)
 
 FUSED = "X_fused"
 FUSION_NOTE = "MeanFusion of the L2-normalised embeddings of each patient's present modalities"
-SAMPLING_NOTE = "bag spec's k instances per modality, numpy generator seeded (seed, 0, patient index), as epoch 0"
+SAMPLING_NOTE = ("every instance of each patient (all tissue tiles of all slides, every grid patch of each scan, every "
+                 "DNA window, every table row), or at most max_instances drawn with numpy's generator seeded (seed, "
+                 "patient index, crc32(modality)); encoded in chunks, pooled once over all of them")
+#: Instances encoded per forward pass by default (``--chunk-size``).
+DEFAULT_CHUNK_SIZE = 256
 
 
 def obsm_key(modality: str) -> str:
@@ -296,6 +317,7 @@ def embed_cohort(
     features_dir: str | Path | None = None,
     skip_bad: bool = False,
     device: str | torch.device = "cpu",
+    policy: InstancePolicy | None = None,
 ) -> ad.AnnData:
     """Embed every patient of a cohort with a checkpoint's patient encoder; see the module docstring for the layout.
 
@@ -314,6 +336,8 @@ def embed_cohort(
         features_dir: Cached tile features, for checkpoints pretrained in feature-cache mode.
         skip_bad: Skip unreadable manifest rows with a warning (report in ``work_dir``).
         device: Where the model runs.
+        policy: Which instances each embedding uses and the chunk size (default: every instance, chunks of
+            :data:`DEFAULT_CHUNK_SIZE`; see the module docstring).
 
     Raises:
         InputError: an unreadable or foreign checkpoint, a bad manifest or labels table, a checkpoint
@@ -322,7 +346,7 @@ def embed_cohort(
     if labels is not None:  # a label that .h5ad cannot store must fail before the embeddings, not after them
         check_obs_columns(read_labels(labels, id_column=id_column).columns, f"labels table {labels}")
     loaded = load_cohort(checkpoint, manifest, work_dir=work_dir, features_dir=features_dir, skip_bad=skip_bad,
-                         batch_size=batch_size, num_workers=num_workers, seed=seed)
+                         batch_size=batch_size, num_workers=num_workers, seed=seed, policy=policy)
     return embed_loaded(loaded, labels=labels, id_column=id_column, unknown_labels=unknown_labels,
                         batch_size=batch_size, num_workers=num_workers, device=device)
 
@@ -339,11 +363,13 @@ class LoadedCohort:
     modalities: list[str]
     spec: BagSpec
     seed: int
+    #: Which instances :func:`embed_loaded` uses (default: every instance).
+    policy: InstancePolicy = InstancePolicy(chunk_size=DEFAULT_CHUNK_SIZE)
 
 
 def load_cohort(checkpoint: str | Path, manifest: str | Path, *, work_dir: str | Path | None = None,
                 features_dir: str | Path | None = None, skip_bad: bool = False, batch_size: int = 8,
-                num_workers: int = 0, seed: int = 0) -> LoadedCohort:
+                num_workers: int = 0, seed: int = 0, policy: InstancePolicy | None = None) -> LoadedCohort:
     """Load ``checkpoint`` (weights only) and open the cohort of ``manifest`` as it reads it (:func:`open_cohort`).
 
     Open once, then embed (:func:`embed_loaded`) and run other passes over the same bags (artifact audit).
@@ -359,7 +385,8 @@ def load_cohort(checkpoint: str | Path, manifest: str | Path, *, work_dir: str |
                                                     features_dir=features_dir, skip_bad=skip_bad,
                                                     batch_size=batch_size, num_workers=num_workers, seed=seed)
     return LoadedCohort(checkpoint=checkpoint, manifest=manifest, module=module, dataset=dataset, cohort=cohort,
-                        modalities=modalities, spec=spec, seed=seed)
+                        modalities=modalities, spec=spec, seed=seed,
+                        policy=policy or InstancePolicy(chunk_size=DEFAULT_CHUNK_SIZE))
 
 
 def embed_loaded(
@@ -372,7 +399,10 @@ def embed_loaded(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
 ) -> ad.AnnData:
-    """:func:`embed_cohort` of a cohort already loaded with :func:`load_cohort` (its seed draws the bags).
+    """:func:`embed_cohort` of a cohort already loaded with :func:`load_cohort` (its seed and policy pick instances).
+
+    ``batch_size`` is not used (instances are encoded ``loaded.policy.chunk_size`` at a time); it is kept
+    for callers of the bag-draw era.
 
     Raises:
         InputError: a bad labels table, or no patient with an embeddable modality.
@@ -380,8 +410,9 @@ def embed_loaded(
     checkpoint, manifest, module, seed = loaded.checkpoint, loaded.manifest, loaded.module, loaded.seed
     dataset, cohort, modalities, spec = loaded.dataset, loaded.cohort, loaded.modalities, loaded.spec
     state = module.data_state
-    emb, has, fused = embed_dataset(module, dataset, modalities, batch_size=batch_size, num_workers=num_workers,
-                                    seed=seed, device=device)
+    whole = embed_whole(module, dataset, modalities, policy=loaded.policy, num_workers=num_workers, seed=seed,
+                        device=device)
+    emb, has, fused = whole.emb, whole.has, whole.fused
     dim = module.embed_dim
     patients = list(dataset.patients)
     any_modality = np.any(np.stack([has[m] for m in modalities]), axis=0)
@@ -398,6 +429,9 @@ def embed_loaded(
     obs.index = pd.Index(kept, name=keys.PATIENT_ID)
     for m in modalities:
         obs[f"has_{m}"] = has[m][keep]
+    for m in modalities:
+        obs[f"n_instances_{m}"] = whole.used[m][keep]
+        obs[f"n_available_{m}"] = whole.available[m][keep]
     if state.get("holdout_patients"):
         held = set(map(str, state["holdout_patients"]))
         obs["pretrain_holdout"] = [p in held for p in kept]
@@ -424,11 +458,13 @@ def embed_loaded(
         "biossl_version": __version__, "data_fingerprint": str(state.get("data_fingerprint", "")),
         "cohort_fingerprint": cohort.fingerprint(), "manifest": manifest.name, "modalities": modalities,
         "embed_dim": int(dim), "fusion": FUSION_NOTE, "sampling": SAMPLING_NOTE, "seed": int(seed),
+        "instances": loaded.policy.describe(),
         "bag_spec": {k: list(v) if isinstance(v, tuple) else ("none" if v is None else v)
                      for k, v in vars(spec).items()},
         "label_columns": label_columns,
     }
-    logger.info("embedded %d patients: %s", len(kept), ", ".join(f"{m} {int(has[m].sum())}" for m in modalities))
+    logger.info("embedded %d patients: %s", len(kept), ", ".join(
+        f"{m} {int(has[m].sum())} ({int(whole.used[m].sum())} instances)" for m in modalities))
     return adata
 
 
@@ -510,6 +546,110 @@ def embed_views(module: PatientModel, dataset: PatientBagDataset,
     return out
 
 
+@dataclass
+class WholeEmbedded:
+    """What :func:`embed_whole` returns.
+
+    Per modality ``emb`` ``[n, D]`` (NaN rows where absent), ``has``, ``used`` and ``available`` instance
+    counts ``[n]``; and ``fused`` ``[n, D]``.
+    """
+
+    emb: dict[str, np.ndarray]
+    has: dict[str, np.ndarray]
+    used: dict[str, np.ndarray]
+    available: dict[str, np.ndarray]
+    fused: np.ndarray
+
+
+class _Pending:
+    """Instances read but not yet encoded (of one modality), and each patient's encoded instance embeddings."""
+
+    def __init__(self, module: PatientEncoder, device: torch.device, out: WholeEmbedded, chunk: int) -> None:
+        self.module, self.device, self.out, self.chunk = module, device, out, chunk
+        self.items: list[dict[str, Any]] = []
+        self.size = 0
+        self.parts: dict[int, list[torch.Tensor]] = {}
+
+    def add(self, item: dict[str, Any]) -> None:
+        if self.items and item["modality"] != self.items[0]["modality"]:
+            self.flush()
+        if item["entry"] is None:  # the patient lacks the modality (a draw-based source said so)
+            self.out.available[item["modality"]][item["index"]] = max(int(item["available"]), 0)
+            return
+        self.items.append(item)
+        self.size += len(item["entry"][keys.X])
+        if self.size >= self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.items:
+            return
+        items, self.items, self.size = self.items, [], 0
+        m = items[0]["modality"]
+        entries = [it["entry"] for it in items]
+        names = list(entries[0])
+        joined = entries[0] if len(entries) == 1 else {k: torch.cat([e[k] for e in entries]) for k in names}
+        n = len(joined[keys.X])
+        z = torch.cat([self.module.embed_instances(m, batch_to({k: v[a:a + self.chunk] for k, v in joined.items()},
+                                                               self.device))
+                       for a in range(0, n, self.chunk)])
+        start = 0
+        for it, e in zip(items, entries):
+            k = len(e[keys.X])
+            self.parts.setdefault(it["index"], []).append(z[start:start + k])
+            start += k
+            if it["last"]:
+                self._finish(it, self.parts.pop(it["index"]))
+
+    def _finish(self, item: dict[str, Any], parts: list[torch.Tensor]) -> None:
+        """Pool the patient's instance embeddings (all of them now encoded) into its embedding."""
+        m, i = item["modality"], item["index"]
+        self.out.available[m][i] = max(int(item["available"]), 0)
+        z = torch.cat(parts)
+        self.out.emb[m][i] = self.module.pool(m, z).float().cpu().numpy()
+        self.out.has[m][i] = True
+        self.out.used[m][i] = len(z)
+
+
+def embed_whole(module: PatientEncoder, dataset: PatientBagDataset, modalities: Sequence[str], *,
+                policy: InstancePolicy | None = None, num_workers: int = 0, seed: int = 0,
+                device: str | torch.device = "cpu") -> WholeEmbedded:
+    """Every patient's embedding of each modality from all its instances (or a seeded sample; module docstring).
+
+    Instances are read by :class:`~biossl.data.bags.InstanceReads` (in ``num_workers`` DataLoader workers),
+    encoded ``policy.chunk_size`` at a time -- chunks of consecutive patients are packed together, a large
+    patient is split -- and each patient's ``N x D`` instance embeddings pooled once by the modality's pool.
+
+    Returns:
+        A :class:`WholeEmbedded`; ``fused`` is :func:`~biossl.encoders.fusion.fused_embedding` of the
+        modalities each patient has (zeros where none). The module is left in eval mode on ``device``.
+    """
+    from biossl.device import resolve_device
+    from biossl.encoders.fusion import fused_embedding
+
+    policy = policy or InstancePolicy(chunk_size=DEFAULT_CHUNK_SIZE)
+    device = resolve_device(device)
+    module.eval().to(device)
+    n, dim = len(dataset), module.embed_dim
+    out = WholeEmbedded(emb={m: np.full((n, dim), np.nan, dtype=np.float32) for m in modalities},
+                        has={m: np.zeros(n, dtype=bool) for m in modalities},
+                        used={m: np.zeros(n, dtype=np.int64) for m in modalities},
+                        available={m: np.zeros(n, dtype=np.int64) for m in modalities},
+                        fused=np.zeros((n, dim), dtype=np.float32))
+    reads = InstanceReads(dataset, list(modalities), policy, seed)
+    loader = DataLoader(reads, batch_size=None, shuffle=False, num_workers=num_workers)
+    pending = _Pending(module, device, out, int(policy.chunk_size))
+    with torch.no_grad():
+        for item in loader:
+            pending.add(item)
+        pending.flush()
+        if modalities:
+            pooled = {m: torch.from_numpy(np.nan_to_num(out.emb[m])) for m in modalities}
+            present = {m: torch.from_numpy(out.has[m]) for m in modalities}
+            out.fused = fused_embedding(pooled, present).cpu().numpy().astype(np.float32)
+    return out
+
+
 def write_embeddings(adata: ad.AnnData, path: str | Path) -> None:
     """Write ``adata`` as ``.h5ad`` atomically (a failed write leaves no file under ``path``).
 
@@ -534,6 +674,7 @@ def read_embeddings(path: str | Path) -> ad.AnnData:
         raise InputError(f"{path} is not a readable .h5ad file ({exc}); write it with `biossl embed`") from exc
 
 
-__all__ = ["FUSED", "BatchTransform", "LoadedCohort", "bag_spec_of", "default_work_dir", "embed_cohort",
-           "embed_dataset", "embed_loaded", "embed_views", "load_cohort", "obsm_key", "open_cohort", "pretrained_on",
-           "read_embeddings", "write_embeddings"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "FUSED", "BatchTransform", "InstancePolicy", "LoadedCohort", "WholeEmbedded",
+           "bag_spec_of", "default_work_dir", "embed_cohort", "embed_dataset", "embed_loaded", "embed_views",
+           "embed_whole", "load_cohort", "obsm_key", "open_cohort", "pretrained_on", "read_embeddings",
+           "write_embeddings"]

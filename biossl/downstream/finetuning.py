@@ -51,9 +51,9 @@ import torch
 from torch import nn
 
 from biossl import keys
-from biossl.data.bags import batch_to, collate_bags
+from biossl.data.bags import InstancePolicy, batch_to, collate_bags
 from biossl.device import resolve_device
-from biossl.downstream.embed import FUSED
+from biossl.downstream.embed import DEFAULT_CHUNK_SIZE, FUSED
 from biossl.downstream.finetune_settings import FinetuneSettings
 from biossl.downstream.heads import Head
 from biossl.downstream.methods import SURVIVAL_PSEUDO_LABELS, make_head
@@ -81,11 +81,14 @@ class CohortBags:
         work_dir: Tile coordinates and scan cache (default: :func:`biossl.downstream.embed.default_work_dir`).
         features_dir: Cached tile features (feature-cache checkpoints).
         skip_bad: Skip unreadable manifest rows with a warning.
-        seed: Seed of the bag draws (scoring uses the draw of epoch 0, as ``biossl embed`` does).
+        seed: Seed of the bag draws (fine-tuning scores the draw of epoch 0) and of the embeddings' sample.
+        policy: Which instances the frozen embeddings (:meth:`embeddings`) use, as ``biossl embed``
+            (default: every instance); fine-tuning itself trains and predicts on bags of the bag spec's ``k``.
     """
 
     def __init__(self, checkpoint: str | Path, manifest: str | Path, *, work_dir: str | Path | None = None,
-                 features_dir: str | Path | None = None, skip_bad: bool = False, seed: int = 0) -> None:
+                 features_dir: str | Path | None = None, skip_bad: bool = False, seed: int = 0,
+                 policy: InstancePolicy | None = None) -> None:
         from biossl.downstream.embed import open_cohort
 
         self.checkpoint, self.manifest = Path(checkpoint), Path(manifest)
@@ -99,6 +102,7 @@ class CohortBags:
             self.module, self.checkpoint, self.manifest, work_dir=work_dir, features_dir=features_dir,
             skip_bad=skip_bad, seed=seed)
         self.seed = seed
+        self.policy = policy or InstancePolicy(chunk_size=DEFAULT_CHUNK_SIZE)
         self._index = {p: i for i, p in enumerate(self.dataset.patients)}
 
     def modalities_for(self, embedding: str) -> list[str]:
@@ -142,16 +146,17 @@ class CohortBags:
 
     def embeddings(self, embedding: str = FUSED, *, device: str | torch.device = "cpu",
                    batch_size: int = 16) -> pd.DataFrame:
-        """Frozen patient embeddings (``X_fused`` or ``X_<modality>``) of the epoch-0 draw, as ``biossl embed``.
+        """Frozen patient embeddings (``X_fused`` or ``X_<modality>``) as ``biossl embed`` computes them.
 
-        Rows are the patients whose bags hold instances of the embedding's modalities (sorted), as
-        :func:`~biossl.downstream.embed.embed_dataset` embeds them; the module is not changed (it ends on the CPU).
+        Every instance of each patient, or the policy's sample (:func:`~biossl.downstream.embed.embed_whole`).
+        Rows are the patients with instances of the embedding's modalities (sorted); the module is not
+        changed (it ends on the CPU). ``batch_size`` is not used (instances go ``policy.chunk_size`` at a time).
         """
-        from biossl.downstream.embed import embed_dataset
+        from biossl.downstream.embed import embed_whole
 
         modalities = self.modalities_for(embedding)
-        emb, has, fused = embed_dataset(self.module, self.dataset, modalities, batch_size=batch_size, seed=self.seed,
-                                        device=device)
+        whole = embed_whole(self.module, self.dataset, modalities, policy=self.policy, seed=self.seed, device=device)
+        emb, has, fused = whole.emb, whole.has, whole.fused
         self.module.cpu()
         values = fused if embedding == FUSED else emb[modalities[0]]
         rows = np.flatnonzero(np.any(np.stack([has[m] for m in modalities]), axis=0))

@@ -137,6 +137,23 @@ def pool_instances(encoder: ModalityModel, projection: nn.Module, pool: nn.Modul
     return pooled
 
 
+def instance_embeddings(encoder: ModalityModel, projection: nn.Module, entry: Mapping[str, torch.Tensor]
+                        ) -> torch.Tensor:
+    """Projected embeddings ``[n, D]`` of a flat chunk of instances ``{"x": [n, ...], "gene_mask": [n, G]?}``.
+
+    The per-instance half of :func:`pool_instances`: a whole patient's instances are embedded chunk by
+    chunk with it, then pooled once with :func:`pool_embeddings`.
+    """
+    return projection(encoder.embed(entry[keys.X], gene_mask=entry.get(keys.GENE_MASK)))
+
+
+def pool_embeddings(pool: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Pool all ``[N, D]`` instance embeddings of one patient-modality into ``[D]`` (the modality's pooling)."""
+    mask = torch.ones((1, z.shape[0]), dtype=torch.bool, device=z.device)
+    pooled, _ = pool(z.unsqueeze(0), mask)
+    return pooled[0]
+
+
 def part_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``encoders.*``, ``projections.*`` and ``pools.*`` weights of a checkpoint's state dict.
 
@@ -224,6 +241,8 @@ class PatientEncoder(nn.Module):
                           data_state=state, hparams=hparams, seed=int(hparams.get("seed", 0)))
             weights = part_weights(ckpt["state_dict"])
             encoder.load_state_dict({k: v for k, v in weights.items() if k.split(".", 2)[1] in encoder.encoders})
+        except InputError:  # what an encoder needs is not there (a moved model folder): its own line
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise rebuild_error(path, ckpt, exc) from None
         if modalities is None:
@@ -254,6 +273,16 @@ class PatientEncoder(nn.Module):
             present[m] = entry[keys.PRESENT]
         return pooled, present, {}
 
+    def embed_instances(self, modality: str, entry: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Projected embeddings ``[n, embed_dim]`` of a chunk of ``modality``'s instances."""
+        encoder: ModalityModel = self.encoders[modality]  # type: ignore[assignment]
+        return instance_embeddings(encoder, self.projections[modality], entry)
+
+    def pool(self, modality: str, z: torch.Tensor) -> torch.Tensor:
+        """One patient's embedding ``[embed_dim]`` of ``modality`` from all its instance embeddings ``[N, D]``."""
+        return pool_embeddings(self.pools[modality], z)
+
 
 __all__ = ["DEFAULT_EMBED_DIM", "PARTS", "SPEC_KEYS", "Encoded", "PatientEncoder", "PatientModel", "bag_instances",
-           "build_encoder", "kind_name", "part_weights", "pool_instances", "resolve_spec"]
+           "build_encoder", "instance_embeddings", "kind_name", "part_weights", "pool_embeddings", "pool_instances",
+           "resolve_spec"]

@@ -1,4 +1,4 @@
-"""Precomputed instance features (``.h5`` with a ``features`` dataset ``[N, D]``: biossl, TRIDENT, CLAM).
+"""Precomputed instance features (``.h5`` with a ``features`` dataset ``[N, D]``: biossl, TRIDENT, CLAM; ``.pt``).
 
 A manifest row points at one features file of the patient (for example a slide's tile features from
 TRIDENT); a bag is ``k`` of the patient's feature vectors. The default encoder is an MLP
@@ -30,7 +30,7 @@ class Features(Kind):
     instances = "tiles"
     artifacts = ()
     view_module = None
-    extensions = (".h5",)
+    extensions = (".h5", ".pt")
 
     def probe(self, path: Path, *, thorough: bool = False, options: Mapping[str, Any] | None = None) -> None:
         from biossl.data.features import SlideFeatures
@@ -48,11 +48,7 @@ class Features(Kind):
             every += paths
         if not every:
             raise InputError(f"modality {modality!r}: no features file")
-        dim = common_embed_dim(every)
-        want = ctx.state.get("feature_dim")
-        if want and int(want) != dim:
-            raise InputError(f"modality {modality!r}: features are {dim} wide, but the checkpoint was trained on "
-                             f"{want}; use features from the same extractor")
+        dim = common_embed_dim(every, want=ctx.state.get("feature_dim"), modality=modality)
         return FeatureSource(int(ctx.spec.tiles), files, dim)
 
     def encoder_options(self, state: Mapping[str, Any], spec: Any) -> dict[str, Any]:

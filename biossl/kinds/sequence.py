@@ -72,8 +72,20 @@ class WindowSource:
                 "tokeniser": {"alphabet": keys.NUCLEOTIDES, "pad": keys.PAD_TOKEN, "mask": keys.MASK_TOKEN,
                               "vocab_size": keys.VOCAB_SIZE}}
 
+    def count(self, patient: str) -> int:
+        """The patient's windows (every window tiling its sequences)."""
+        w = self.seqs.get(patient)
+        return 0 if w is None else len(w)
+
     def draw(self, patient: str, pick: Pick) -> dict[str, torch.Tensor] | None:
         w = self.seqs.get(patient)
         if w is None:
             return None
-        return {"x": torch.from_numpy(w[pick(len(w), self.k)])}
+        return self.read(patient, pick(len(w), self.k))
+
+    def read(self, patient: str, indices: np.ndarray) -> dict[str, torch.Tensor] | None:
+        """Windows ``indices`` of the patient: ``{"x": int64 [n, window_length]}``."""
+        w = self.seqs.get(patient)
+        if w is None:
+            return None
+        return {"x": torch.from_numpy(np.ascontiguousarray(w[np.asarray(indices, dtype=np.int64)]))}

@@ -42,7 +42,9 @@ class Slide(Kind):
         return TileSource.of_tiles(modality, cohort, patients, ctx)
 
     def encoder_options(self, state: Mapping[str, Any], spec: Any) -> dict[str, Any]:
-        return {"in_dim": int(state["feature_dim"])} if state.get("feature_dim") else {}
+        if state.get("feature_dim"):
+            return {"in_dim": int(state["feature_dim"])}
+        return {"img_size": int(spec.tile_px)}  # the tile edge the encoder receives
 
 
 class TileSource:
@@ -90,18 +92,32 @@ class TileSource:
             h5s = feature_files_for(cohort.files(p, modality), ctx.features_dir, patient=p, claimed=claimed)
             tiles[p] = [(h5, n) for h5 in h5s if (n := len(SlideFeatures(h5))) > 0]
             files += h5s
-        dim = common_embed_dim(files) if files else None
+        dim = common_embed_dim(files, want=ctx.state.get("feature_dim"), modality=modality) if files else None
         return cls(int(ctx.spec.tiles), int(ctx.spec.tile_px), tiles, {}, feature_dim=dim)
 
     def state(self) -> dict[str, Any]:
         return {"feature_dim": self.feature_dim} if self.feature_dim else {}
 
+    def count(self, patient: str) -> int:
+        """The patient's tiles (or cached feature rows) across all of its slides."""
+        return sum(n for _, n in self._tiles.get(patient, []))
+
     def draw(self, patient: str, pick: Pick) -> dict[str, torch.Tensor] | None:
         slides = self._tiles.get(patient)
         if not slides:
             return None
+        return self.read(patient, pick(self.count(patient), self.k))
+
+    def read(self, patient: str, indices: np.ndarray) -> dict[str, torch.Tensor] | None:
+        """Tiles ``indices`` (into the concatenation of the patient's slides, in manifest order): ``{"x": [n, ...]}``.
+
+        Pixels come as float ``[n, 3, tile_px, tile_px]`` in [0, 1], cached features as ``[n, D]``.
+        """
+        slides = self._tiles.get(patient)
+        if not slides:
+            return None
         offsets = np.cumsum([0] + [n for _, n in slides])
-        chosen = pick(int(offsets[-1]), self.k)
+        chosen = np.asarray(indices, dtype=np.int64)
         if self.feature_dim is not None:
             return {"x": read_feature_rows(self._readers, slides, offsets, chosen, self.feature_dim)}
         from biossl.data.tiles import SlideTiles
@@ -113,8 +129,7 @@ class TileSource:
             reader = self._readers.get(h5)
             if reader is None:
                 reader = self._readers[h5] = SlideTiles(h5, slide_path=self._slide_of[h5])
-            tile = reader.read(int(flat - offsets[s]))
-            out.append(torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1))
+            out.append(torch.from_numpy(reader.read(int(flat - offsets[s]), channels_first=True)))
         x = torch.stack(out).float().div_(255.0)
         if x.shape[-1] != self.tile_px:
             x = torch.nn.functional.interpolate(x, size=self.tile_px, mode="bilinear", antialias=True)

@@ -115,6 +115,7 @@ class Table(Kind):
         out: dict[str, Any] = {}
         if state.get("vocabulary"):
             out["n_genes"] = len(state["vocabulary"])
+            out["genes"] = list(state["vocabulary"])  # for encoders that read feature names (hf gene tokens)
         vt = state.get("value_type")
         if vt in (keys.BINARY, keys.CATEGORICAL):
             out["value_type"] = vt

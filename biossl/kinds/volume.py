@@ -45,7 +45,11 @@ class Volume(Kind):
 
 
 class PatchSource:
-    """Random 3D patches of a patient's scans (spread evenly over its files)."""
+    """Random 3D patches of a patient's scans (spread evenly over its files).
+
+    Asked for every instance (``pick.whole``, a whole-patient embedding): every patch of each scan's
+    non-overlapping grid (:func:`biossl.data.patches.grid_patches`, far edges zero-padded), of all its scans.
+    """
 
     def __init__(self, spec: Any, files: dict[str, list[Path]], intensity: dict[str, list[str | None]],
                  cache_dir: Path | None) -> None:
@@ -56,7 +60,7 @@ class PatchSource:
         return {}
 
     def draw(self, patient: str, pick: Pick) -> dict[str, torch.Tensor] | None:
-        from biossl.data.patches import random_patches
+        from biossl.data.patches import grid_patches, random_patches
         from biossl.data.volume import VolumeSpec
         from biossl.data.volume_cache import VolumeCache
 
@@ -71,7 +75,13 @@ class PatchSource:
         for path, kind in zip(files, self._intensity[patient]):
             vspec = VolumeSpec(spacing=spec.volume_spacing, kind=kind or spec.intensity)  # type: ignore[arg-type]
             vol = self._cache.load(path, vspec)
-            out.append(random_patches(vol, spec.patch_size, per_file, rng=pick.rng))
+            if pick.whole:  # every patch of the scan's grid (stride = patch size, far edges padded)
+                out.append(grid_patches(vol, spec.patch_size)[0])
+            else:
+                out.append(random_patches(vol, spec.patch_size, per_file, rng=pick.rng))
+        if pick.whole:
+            every = np.concatenate(out)
+            return {"x": torch.from_numpy(every[pick(len(every), spec.patches)]).float()}
         return {"x": torch.from_numpy(np.concatenate(out)[: spec.patches]).float()}
 
     def __getstate__(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ weighted sum; every term is logged.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from pathlib import Path
@@ -67,6 +68,14 @@ def check_spec(modality: str, spec: Any) -> None:
             raise InputError(f"model.modalities.{modality}.encoder: {exc.args[0]}") from None
     if spec.get("objective") is not None:
         normalise_entries(modality, spec["objective"], kind)
+
+
+def factory_options(name: str) -> set[str] | None:
+    """The keyword options the encoder factory ``name`` names; ``None`` when it takes any (``**kwargs``)."""
+    params = inspect.signature(ENCODERS.get(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
 
 
 def compile_methods(encoder: ModalityModel, backend: bool | str = True) -> None:
@@ -215,8 +224,10 @@ class PretrainModule(pl.LightningModule):
                 spec["kind"] = state["kind"]
             kind = resolve_spec(m, spec)
             if dm is not None:
+                takes = factory_options(str(spec["encoder"]))
                 for k, v in kind.encoder_options(state, dm.spec).items():
-                    spec.setdefault(k, v)
+                    if takes is None or k in takes:  # an encoder gets the data's options it takes
+                        spec.setdefault(k, v)
             if "tokeniser" in state:
                 self.data_state["tokeniser"] = state["tokeniser"]
         if keys.EXPRESSION in states and states[keys.EXPRESSION].get("vocabulary"):
@@ -347,8 +358,10 @@ class PretrainModule(pl.LightningModule):
             loader.progress = lambda: int(loop.batch_progress.current.processed)  # type: ignore[attr-defined]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the gene vocabulary, tokeniser, data fingerprint and resolved specs."""
-        checkpoint["biossl"] = {"version": __version__, **self.data_state}
+        """Store the gene vocabulary, tokeniser, data fingerprint, resolved specs and loaded plug-ins."""
+        from biossl.plugins import records
+
+        checkpoint["biossl"] = {"version": __version__, **self.data_state, "plugins": records()}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, map_location: str | torch.device = "cpu") -> PretrainModule:
@@ -378,6 +391,8 @@ class PretrainModule(pl.LightningModule):
             module.data_state = dict(state)
             module.configure_model()
             module.load_state_dict(ckpt["state_dict"])
+        except InputError:  # what an encoder needs is not there (a moved model folder): its own line
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise rebuild_error(path, ckpt, exc) from None
         return module

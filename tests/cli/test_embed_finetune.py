@@ -65,15 +65,24 @@ def test_instance_draw_is_fixed_by_the_seed(pretrained: tuple[Path, Path], embed
     base = ["embed", "--checkpoint", str(checkpoint), "--manifest", str(demo_cohort / "manifest.csv"),
             "--work-dir", str(work)]
     assert main([*base, "--out", str(tmp_path / "again.h5ad")]) == 0
-    assert main([*base, "--out", str(tmp_path / "seed1.h5ad"), "--seed", "1"]) == 0
-    first, again, seed1 = (ad.read_h5ad(p) for p in (embedded, tmp_path / "again.h5ad", tmp_path / "seed1.h5ad"))
-    # Same draw; values equal up to float32 rounding (in one process, numba code run in between -- scanpy's
+    # Every instance by default (the seed changes nothing); --max-tiles 2 samples 2 tiles per patient with the seed.
+    assert main([*base, "--out", str(tmp_path / "all1.h5ad"), "--seed", "1"]) == 0
+    sample = [*base, "--max-tiles", "2"]
+    assert main([*sample, "--out", str(tmp_path / "seed0.h5ad")]) == 0
+    assert main([*sample, "--out", str(tmp_path / "seed0b.h5ad")]) == 0
+    assert main([*sample, "--out", str(tmp_path / "seed1.h5ad"), "--seed", "1"]) == 0
+    first, again, all1, seed0, seed0b, seed1 = (ad.read_h5ad(p) for p in (
+        embedded, *(tmp_path / f"{n}.h5ad" for n in ("again", "all1", "seed0", "seed0b", "seed1"))))
+    # Same instances; values equal up to float32 rounding (in one process, numba code run in between -- scanpy's
     # neighbours -- can move torch's last bits).
     for m in MODALITIES:
         assert np.allclose(first.obsm[f"X_{m}"], again.obsm[f"X_{m}"], rtol=0, atol=1e-5, equal_nan=True), m
-    # Another seed draws other tiles (slides have more tiles than the bag's 2); one profile per patient stays.
-    assert np.nanmax(np.abs(first.obsm["X_wsi"] - seed1.obsm["X_wsi"])) > 1e-2
-    assert np.allclose(first.obsm["X_expression"], seed1.obsm["X_expression"], rtol=0, atol=1e-5, equal_nan=True)
+        assert np.allclose(first.obsm[f"X_{m}"], all1.obsm[f"X_{m}"], rtol=0, atol=1e-5, equal_nan=True), m
+        assert np.allclose(seed0.obsm[f"X_{m}"], seed0b.obsm[f"X_{m}"], rtol=0, atol=1e-5, equal_nan=True), m
+    # Another seed samples other tiles (slides have more tiles than 2); one profile per patient stays.
+    assert (seed1.obs["n_instances_wsi"][seed1.obs["has_wsi"]] == 2).all()
+    assert np.nanmax(np.abs(seed0.obsm["X_wsi"] - seed1.obsm["X_wsi"])) > 1e-2
+    assert np.allclose(seed0.obsm["X_expression"], seed1.obsm["X_expression"], rtol=0, atol=1e-5, equal_nan=True)
 
 
 def test_embed_bad_inputs_exit_2_with_the_reason(pretrained: tuple[Path, Path], demo_cohort: Path, tmp_path: Path,

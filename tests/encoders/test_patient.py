@@ -65,14 +65,22 @@ def test_loading_the_patient_encoder_imports_no_lightning(pretrained: tuple[Path
 
 
 def test_only_the_one_loader_reads_checkpoints() -> None:
-    """Every ``torch.load`` of the package is the one in :mod:`biossl.checkpoint` (safe loading, version, messages)."""
+    """Every ``torch.load`` of the package is the one in :mod:`biossl.checkpoint` (safe loading, version, messages).
+
+    The one other reader is of tile-feature tensors (CLAM / TRIDENT ``.pt`` files, :mod:`biossl.data.features`),
+    and it loads safely (``weights_only=True``).
+    """
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
-                found.append(str(path.relative_to(PACKAGE.parent)))
-    assert found == ["biossl/checkpoint.py"]
+                where = str(path.relative_to(PACKAGE.parent))
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                found.append(where if where == "biossl/checkpoint.py" else (where, safe))
+    assert found[0] == "biossl/checkpoint.py" and found.count("biossl/checkpoint.py") == 1
+    assert set(found[1:]) <= {("biossl/data/features.py", True)}
 
 
 def test_every_reader_refuses_another_major_version(pretrained: tuple[Path, Path], tmp_path: Path,

@@ -326,6 +326,7 @@ def test_finetune_baselines_on_several_tables(tmp_path: Path) -> None:
     (["--baseline-components", "4,2"], ["--baseline-components", "one per"]),
     (["--embeddings", "x={emb}", "--embedding", "z:X_rna"], ["['z'] name no --embeddings"]),
     (["--embeddings", "x={emb}", "--embeddings", "x={emb}"], ["repeat"]),
+    (["--embeddings", "{emb}", "--max-tiles", "4"], ["--max-tiles applies to", "biossl embed"]),
     (["--embeddings", "{emb}", "--embedding", "X_rna,X_cnv", "--mode", "probe,finetune", "--checkpoint", "c.ckpt",
       "--manifest", "m.csv"], ["train one embedding"]),
 ])
