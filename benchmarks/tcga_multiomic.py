@@ -287,9 +287,10 @@ def plot_tasks(rows: list[dict[str, Any]], methods: list[str], path: Path, title
     ax.set_title(title, fontsize="medium")
     ax.legend(fontsize="x-small", ncol=2, frameon=False)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    tmp.rename(path)
+    from biossl.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def main() -> None:

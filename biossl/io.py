@@ -245,7 +245,10 @@ def remove_dead_temporaries(target: str | os.PathLike[str], *, any_target: bool 
             dead = match is not None and bool(_writer_dead(match["tail"]))
         if dead:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                if tmp.is_dir():  # a folder written by atomic_dir
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
                 removed.append(tmp)
     if removed:
         logger.info("removed %d temporary file(s) in %s left by runs that ended without cleaning up: %s",
@@ -414,6 +417,54 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     with atomic_outputs(target) as (tmp,):
         yield tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; rename it onto ``target`` when the block succeeds.
+
+    The folder analogue of :func:`atomic_path`: on any exception the temporary folder is removed and
+    ``target`` is left as it was. The temporary folder names its writer like every temporary of this
+    module, so one left by a killed run is removed by the next (:func:`remove_dead_temporaries`).
+
+    Args:
+        target: The folder to write.
+        replace: Replace an existing ``target`` (it is moved aside, the new folder renamed in, then the old
+            one removed). Without it an existing ``target`` must be an empty folder.
+
+    Raises:
+        FileExistsError: ``target`` exists (and is not an empty folder) and ``replace`` is false.
+        OutputError: the disk is full, the quota exceeded, the folder read-only or not writable.
+    """
+    target = Path(target)
+    if target.exists() and not replace and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _clean_once(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}@{_HOST}.", suffix=".tmp",
+                                    dir=target.parent))
+    except OSError as exc:
+        _reraise(exc, output_error(exc, target))
+        raise
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}@{_HOST}.old.", suffix=".tmp",
+                                        dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        fsync_path(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _reraise(exc, output_error(exc, target))
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _read_umask() -> int:

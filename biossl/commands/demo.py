@@ -134,7 +134,8 @@ def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work:
 def table_modalities(manifest: Path) -> list[str]:
     """The manifest's modalities of kind ``table``: by its ``kind`` column, else the legacy names' own kinds.
 
-    A modality whose kind only the config gives (``data.kinds``) is not found here.
+    A modality whose kind only the config gives (``data.kinds``) is not found here: :func:`table_retrieval` reads
+    the kinds the embeddings record (the checkpoint's) and falls back to this for older embeddings.
     """
     from biossl.data.cohort import read_manifest
 
@@ -160,9 +161,13 @@ def table_retrieval(embeddings: Path, obsm_keys: list[str], manifest: Path, out:
         unexpected error, printed on one line).
     """
     from biossl.cli import main
-    from biossl.downstream.embed import obsm_key
+    from biossl.downstream.embed import obsm_key, read_embeddings
 
-    tables = {obsm_key(m) for m in table_modalities(manifest)}
+    # The kinds the embeddings record (the checkpoint's: from a kind column or the config), and the manifest's
+    # kind column (all there is for embeddings written before kinds were recorded).
+    recorded = read_embeddings(embeddings).uns.get("biossl", {}).get("kinds") or {}
+    names = [m for m, k in recorded.items() if k == keys.TABLE] + table_modalities(manifest)
+    tables = {obsm_key(m) for m in names}
     chosen = [k for k in obsm_keys if k in tables]
     if len(chosen) < 2:
         print(f"\nCross-modal retrieval needs two table embeddings; the embeddings have {chosen or 'none'}: "

@@ -1,6 +1,6 @@
 """``biossl export``: write one modality's (adapted) encoder of a checkpoint so that other tools can use it.
 
-An encoder that came from a Hugging Face folder (it has ``export_pretrained(folder)``) is written as a
+An encoder that came from a Hugging Face folder (it has ``write_pretrained(folder)``) is written as a
 ``save_pretrained`` folder; any other as ``encoder.safetensors`` (``encoder.pt`` where safetensors cannot
 hold its weights, e.g. tied tensors), a plain ``state_dict``. Both get ``spec.json`` (the registry name
 and options that rebuild it, its width, kind, and what the data fixed: value type, feature vocabulary,
@@ -16,8 +16,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -128,7 +126,7 @@ DNA windows [N, L] of biossl's nucleotide ids; feature vectors [N, D]). The weig
 """
 
 HOW_PRETRAINED = """\
-This folder was written by the encoder's `export_pretrained` (a `save_pretrained` folder of the model
+This folder was written by the encoder's `write_pretrained` (a `save_pretrained` folder of the model
 it was adapted from): load it with that library, e.g. `transformers.AutoModel.from_pretrained("{out}")`.
 """
 
@@ -136,7 +134,7 @@ it was adapted from): load it with that library, e.g. `transformers.AutoModel.fr
 def _write_folder(tmp: Path, ckpt: dict[str, Any], checkpoint: Path, modality: str, spec: dict[str, Any],
                   encoder: torch.nn.Module, out: Path) -> str:
     """Write the encoder, ``spec.json`` and ``README.md`` into ``tmp``; return the weights' name."""
-    export = getattr(encoder, "export_pretrained", None)
+    export = getattr(encoder, "write_pretrained", None)
     if callable(export):
         export(tmp)
         weights = "save_pretrained"
@@ -170,22 +168,11 @@ def _write_folder(tmp: Path, ckpt: dict[str, Any], checkpoint: Path, modality: s
     return weights
 
 
-def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished ``tmp`` folder onto ``out`` (the old folder moved aside first and then removed)."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        if not overwrite:
-            raise InputError(f"--out {out} exists; pass --overwrite to replace it, or choose another folder")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run(args: argparse.Namespace) -> int:
     """Write the modality's encoder into ``--out``; print one line naming what was written."""
     from biossl.checkpoint import load_checkpoint
     from biossl.encoders.patient import PatientEncoder
-    from biossl.io import output_error
+    from biossl.io import atomic_dir
 
     out: Path = args.out
     if out.exists() and not args.overwrite:
@@ -199,19 +186,11 @@ def run(args: argparse.Namespace) -> int:
                          f"{', '.join(specs) or 'none'}); fix --modality")
     model = PatientEncoder.from_loaded(ckpt, args.checkpoint, modalities=[args.modality])
     encoder, spec = model.encoders[args.modality], model.modality_specs[args.modality]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.export-{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        weights = _write_folder(tmp, ckpt, Path(args.checkpoint), args.modality, spec, encoder, out.resolve())
-        _commit(tmp, out, args.overwrite)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        err = output_error(exc, out) if isinstance(exc, OSError) else None
-        if err is not None:
-            raise err from None
-        raise
+        with atomic_dir(out, replace=args.overwrite) as tmp:
+            weights = _write_folder(tmp, ckpt, Path(args.checkpoint), args.modality, spec, encoder, out.resolve())
+    except FileExistsError:
+        raise InputError(f"--out {out} exists; pass --overwrite to replace it, or choose another folder") from None
     n = sum(p.numel() for p in encoder.parameters())
     print(f"{args.modality}: encoder {spec['encoder']} ({n:,} parameters, embed_dim {encoder.embed_dim}) -> "
           f"{out}/{weights if weights != 'save_pretrained' else ''} + spec.json")

@@ -457,7 +457,8 @@ def embed_loaded(
         "checkpoint": checkpoint.name, "checkpoint_biossl_version": str(state.get("version", "")),
         "biossl_version": __version__, "data_fingerprint": str(state.get("data_fingerprint", "")),
         "cohort_fingerprint": cohort.fingerprint(), "manifest": manifest.name, "modalities": modalities,
-        "embed_dim": int(dim), "fusion": FUSION_NOTE, "sampling": SAMPLING_NOTE, "seed": int(seed),
+        "kinds": {m: module.kind_of(m) for m in modalities}, "embed_dim": int(dim), "fusion": FUSION_NOTE,
+        "sampling": SAMPLING_NOTE, "seed": int(seed),
         "instances": loaded.policy.describe(),
         "bag_spec": {k: list(v) if isinstance(v, tuple) else ("none" if v is None else v)
                      for k, v in vars(spec).items()},

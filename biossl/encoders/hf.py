@@ -53,7 +53,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -256,26 +255,28 @@ class HFModel(ModalityModel):
     def export_pretrained(self, folder: Path) -> None:
         """Write the (adapted) model as a ``save_pretrained`` folder, with its tokenizer or image processor.
 
-        The folder is written beside its target and renamed into place: an interrupted export leaves
-        nothing under ``folder``. ``folder`` must not exist, or be empty.
+        Written beside its target and renamed into place (:func:`biossl.io.atomic_dir`): an interrupted
+        export leaves nothing under ``folder``. ``folder`` must not exist, or be empty.
 
         Raises:
             InputError: ``folder`` exists and is not empty.
         """
+        from biossl.io import atomic_dir
+
         folder = Path(folder)
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-            raise InputError(f"{folder} exists and is not an empty folder; export into a new folder")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            self.model.save_pretrained(str(tmp))
-            self._save_preprocessing(tmp)
-            if folder.exists():
-                folder.rmdir()
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_dir(folder, replace=folder.is_dir() and not any(folder.iterdir())) as tmp:
+                self.write_pretrained(tmp)
+        except FileExistsError:
+            raise InputError(f"{folder} exists and is not an empty folder; export into a new folder") from None
+
+    def write_pretrained(self, folder: Path) -> None:
+        """Write the model, and its tokenizer or image processor, into the existing folder ``folder``.
+
+        Not atomic: :meth:`export_pretrained` and ``biossl export`` call it inside a temporary folder.
+        """
+        self.model.save_pretrained(str(folder))
+        self._save_preprocessing(Path(folder))
 
     def _save_preprocessing(self, folder: Path) -> None:
         if self.tokenizer is not None:

@@ -384,3 +384,19 @@ def test_retrieval_bad_input(embedded: Path, tmp_path: Path, capsys: pytest.Capt
     assert _cli(["retrieval", "--embeddings", str(embedded), *argv, "--out", str(out)]) == 2
     _line(capsys.readouterr().err, *words)
     assert not out.exists()
+
+
+@pytest.mark.integration
+def test_demo_retrieval_finds_tables_whose_kinds_the_config_gave(embedded: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's retrieval step reads the kinds the embeddings record, not the manifest's kind column."""
+    from biossl.commands.demo import table_retrieval
+
+    assert ad.read_h5ad(embedded).uns["biossl"]["kinds"] == {
+        "t1": "volume", "t2": "volume", "rna": "table", "cnv": "table", "mut": "table"}
+    bare = _write(_manifest().drop(columns=["kind", "value_type"]), tmp_path)  # kinds only in a config
+    keys = list(ad.read_h5ad(embedded).obsm.keys())
+    assert table_retrieval(embedded, keys, bare, tmp_path) == 0
+    assert "no retrieval" not in capsys.readouterr().out
+    assert sorted(json.loads((tmp_path / "retrieval.json").read_text())["keys"]) == ["X_cnv", "X_mut", "X_rna"]
+

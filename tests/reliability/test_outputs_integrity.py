@@ -365,6 +365,27 @@ def test_temporary_names_carry_the_writer(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["x.json"]
 
 
+def test_atomic_dir_lands_whole_or_not_at_all_and_clears_dead_writers(tmp_path: Path) -> None:
+    """Folders (``biossl export``, ``export_pretrained``) get the guarantees of files: whole or absent, no leftovers."""
+    host = socket.gethostname().split(".")[0]
+    dead = tmp_path / f".model.{_dead_pid()}@{host}.abcdefgh.tmp"  # a killed export's half-written folder
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "weights.bin").write_bytes(b"partial")
+    target = tmp_path / "model"
+    with pytest.raises(RuntimeError), bio.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    assert not target.exists() and not dead.exists()  # the dead writer's folder went with the first write
+    with bio.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    with pytest.raises(FileExistsError), bio.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("two")
+    assert (target / "a.txt").read_text() == "one"
+    with bio.atomic_dir(target, replace=True) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert sorted(os.listdir(target)) == ["b.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+
 # -- threads -------------------------------------------------------------------------------------------
 def _cgroup(tmp: Path, v2: str | None = None, v1: tuple[str, str] | None = None) -> tuple[Path, Path]:
     root, proc = tmp / "cgroup", tmp / "proc_cgroup"
