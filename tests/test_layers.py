@@ -8,7 +8,7 @@ The layers, lowest first::
 standardisation, the embedding of a cohort), so ``audit -> downstream`` is allowed and
 ``downstream -> audit`` is not. The modules at the package root (``biossl/*.py`` but ``cli.py``: keys,
 errors, registry, io, threads, device, tokens, ...) may be imported by every layer and must import no
-layer themselves.
+layer themselves. ``api.py`` (the public Python API, what the verbs call) sits at the top with ``cli.py``.
 
 Every ``biossl/**/*.py`` is parsed (never imported): ``import x`` and ``from x import y`` anywhere in a
 file (module level, inside functions, under ``TYPE_CHECKING``), relative imports, and string imports --
@@ -73,7 +73,7 @@ def layer_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return ROOT
-    if parts[1] == "cli":
+    if parts[1] in ("cli", "api"):  # the public Python API (biossl/api.py) sits with the verbs it serves
         return "commands"
     return parts[1] if parts[1] in LAYERS else ROOT
 

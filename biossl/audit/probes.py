@@ -32,6 +32,23 @@ hypothesis that the labels are exchangeable across groups given the embeddings. 
 would depend on the labels and make the fixed-fold test only approximate; that is why folds are
 dealt at random.)
 
+**Margin over the null.** A probe's *excess* is its balanced accuracy minus the **mean of its
+permutation null** (``null_mean``), not minus ``1 / n_classes``: on few patients the null of a probe
+can sit far below ``1 / n_classes`` (a leave-one-group-out kNN predicts *against* a row's own class
+when that class has few groups: 0.03 against 1/6 on the demo), so a margin over ``1 / n_classes`` would
+hide a real signal. ``excess_over_chance`` (over ``1 / n_classes``) is kept beside it. Without
+permutations (``B = 0``) the excess falls back to the margin over chance.
+
+**Smallest detectable effect** (:func:`critical_value`). With ``B`` permutations the p-value is
+``(1 + #{T_b >= T_obs}) / (1 + B)``, so a probe is significant at the one-sided level ``a`` (``alpha / 2``,
+Bonferroni over the two probes) exactly when ``T_obs`` is above the ``(k + 1)``-th largest null value,
+``k`` the largest integer with ``(1 + k) / (1 + B) < a``: the null's upper ``a`` quantile in the
+permutation test's own terms. That *critical* balanced accuracy minus ``null_mean`` is the
+``min_detectable_excess``: no smaller excess can be significant at this cohort size, these class sizes
+and this ``alpha`` (a true effect of that size is detected about half the time: it is a significance
+threshold, the effect at 50 % power). It grows as the cohort shrinks (a wider null). When even a
+balanced accuracy of 1 cannot be significant (too few permutation units) it is infinite (``None`` in JSON).
+
 **Labels** (:func:`prepare_column`): missing values are dropped (counted); a nuisance column must be
 constant within a group (a biology label may vary, e.g. cell types within a donor: its permutations
 then move single rows, and its p-value is approximate); classes held by fewer than ``min_groups``
@@ -46,6 +63,7 @@ every column with those rows shares them (identical results, less work).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -189,15 +207,34 @@ class ProbeResult:
     n_permutations: int
     null_mean: float
     null_q95: float
+    #: Balanced accuracy an observation must exceed to be significant at ``critical_level`` (inf: none can).
+    null_critical: float = float("nan")
+    #: One-sided level of ``null_critical`` (``alpha / 2`` in the audit: Bonferroni over two probes).
+    critical_level: float = float("nan")
+
+    @property
+    def excess_over_chance(self) -> float:
+        """Balanced accuracy above chance (``1 / n_classes``)."""
+        return self.balanced_accuracy - self.chance
 
     @property
     def excess(self) -> float:
-        """Balanced accuracy above chance."""
-        return self.balanced_accuracy - self.chance
+        """Balanced accuracy above the permutation null's mean (above chance when there is no null)."""
+        if np.isfinite(self.null_mean):
+            return self.balanced_accuracy - self.null_mean
+        return self.excess_over_chance
+
+    @property
+    def min_detectable_excess(self) -> float:
+        """Smallest excess over the null mean that can be significant (inf: none; nan: not computed)."""
+        return self.null_critical - self.null_mean
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe record."""
-        return {**asdict(self), "excess": self.excess}
+        """JSON-safe record (an infinite detectable excess is ``None``: nothing can be significant)."""
+        mde = self.min_detectable_excess
+        return {**asdict(self), "null_critical": None if np.isinf(self.null_critical) else self.null_critical,
+                "excess": self.excess, "excess_over_null": self.excess, "excess_over_chance": self.excess_over_chance,
+                "min_detectable_excess": None if np.isinf(mde) else mde}
 
 
 def balanced_accuracy_many(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -215,6 +252,19 @@ def balanced_accuracy_many(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 def permutation_p(observed: float, null: np.ndarray) -> float:
     """``(1 + #{null >= observed}) / (1 + B)`` (a tolerance of 1e-12 counts ties as ties)."""
     return float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
+
+
+def critical_value(null: np.ndarray, level: float) -> float:
+    """Balanced accuracy an observation must exceed for ``p < level`` against ``null`` (module docstring).
+
+    ``inf`` when no value can reach ``level`` (too few permutations, or a null that reaches 1).
+    """
+    null = np.sort(np.asarray(null, dtype=np.float64))[::-1]
+    k = math.ceil(level * (1 + len(null)) - 1 - 1e-9) - 1  # largest k with (1 + k) / (1 + B) < level
+    if k < 0 or len(null) == 0:
+        return float("inf")
+    critical = float(null[k])  # k < B since level < 1; observed > critical <=> #{null >= observed} <= k
+    return float("inf") if critical >= 1.0 - 1e-12 else critical
 
 
 def permuted_labels(column: Column, n_permutations: int, seed: int) -> Iterator[np.ndarray]:
@@ -323,8 +373,17 @@ class KnnProbe:
         return (counts * weights[:, None, :]).argmax(axis=2)
 
 
-def run_probe(probe: LinearProbe | KnnProbe, column: Column, *, n_permutations: int, seed: int) -> ProbeResult:
-    """Observed balanced accuracy and exact permutation p-value of one probe on one column."""
+def run_probe(probe: LinearProbe | KnnProbe, column: Column, *, n_permutations: int, seed: int,
+              critical_level: float = 0.025) -> ProbeResult:
+    """Observed balanced accuracy, exact permutation p-value and critical value of one probe on one column.
+
+    Args:
+        probe: A probe built on the column's rows.
+        column: The labels.
+        n_permutations: Permutations of the null.
+        seed: Seed of the permutations.
+        critical_level: One-sided level of ``null_critical`` (the audit's ``alpha / 2``).
+    """
     c = column.n_classes
     observed = float(balanced_accuracy_many(column.codes, probe.predict(column.codes, c), c)[0])
     null = np.concatenate([balanced_accuracy_many(y, probe.predict(y, c), c)
@@ -333,7 +392,9 @@ def run_probe(probe: LinearProbe | KnnProbe, column: Column, *, n_permutations: 
                        p_value=permutation_p(observed, null) if len(null) else float("nan"),
                        n_permutations=int(n_permutations),
                        null_mean=float(null.mean()) if len(null) else float("nan"),
-                       null_q95=float(np.quantile(null, 0.95)) if len(null) else float("nan"))
+                       null_q95=float(np.quantile(null, 0.95)) if len(null) else float("nan"),
+                       null_critical=critical_value(null, critical_level) if len(null) else float("nan"),
+                       critical_level=float(critical_level))
 
 
 class ProbeCache:
@@ -405,5 +466,5 @@ def probe_column(x: np.ndarray, column: Column, *, n_folds: int = 5, k: int = 15
 
 
 __all__ = ["RIDGE", "Column", "KnnProbe", "LinearProbe", "ProbeCache", "ProbeResult", "balanced_accuracy_many",
-           "group_folds", "neighbours", "permutation_p", "permuted_labels", "prepare_column", "probe_column",
-           "run_probe"]
+           "critical_value", "group_folds", "neighbours", "permutation_p", "permuted_labels", "prepare_column",
+           "probe_column", "run_probe"]

@@ -7,22 +7,55 @@ rows are left out of that key's audit, and counted).
 
 For every embedding key and every audited (nuisance) column, and for the biology ``label`` column:
 
-- the two probes of :mod:`biossl.audit.probes` (balanced accuracy, chance, exact permutation p-value);
+- the two probes of :mod:`biossl.audit.probes` (balanced accuracy, chance, exact permutation p-value,
+  the permutation null's mean and its critical value);
 - for nuisance columns, the batch metrics of :mod:`biossl.audit.batch` (silhouette, iLISI-style mixing,
   and the robustness index against the label when one is given);
 - the first two principal components of the embedding, for the report's scatter plots.
 
-**Verdict.** A probe *fails* when ``2 p < alpha`` (Bonferroni over the column's two probes) **and**
-its balanced accuracy exceeds chance by more than ``max_excess``: a detectable *and* sizeable
-signal. A nuisance column fails on a key when either probe fails; the audit fails when any nuisance
-column fails on any key. A **red flag** marks a nuisance column that is predictable (``2 min(p) <
-alpha``, excess above 0) and whose larger excess over chance (of its two probes) exceeds the label's
-on the same key: the site is easier to read from the embedding than the biology. Red flags are
-reported; they fail the audit only with ``fail_on_red_flag``.
+A progress bar (:func:`biossl.progress.progress`, on stderr; ``biossl -q`` hides it) counts the key x column
+pairs probed.
 
-A column that cannot be probed on one key (e.g. too few patients of each site have that
-modality) is reported as ``not tested`` on that key with the reason; it must be testable on the
-input as a whole (every row that has a value), else the audit stops with an :class:`InputError`.
+**Verdict.** A probe *fails* when ``2 p < alpha`` (Bonferroni over the column's two probes) **and**
+its balanced accuracy exceeds the **mean of its permutation null** by more than ``max_excess``: a
+detectable *and* sizeable signal. The margin is over the null, not over ``1 / n_classes``: on few
+patients a kNN probe's null sits far below ``1 / n_classes`` (see :mod:`biossl.audit.probes`); both
+margins are in the JSON (``excess`` = ``excess_over_null``, and ``excess_over_chance``). A nuisance
+column fails on a key when either probe fails. A **red flag** marks a nuisance column that is
+predictable (``2 min(p) < alpha``, excess above 0) and whose larger excess (of its two probes) exceeds
+the label's on the same key: the site is easier to read from the embedding than the biology. Red flags
+are reported; they fail the audit only with ``fail_on_red_flag``.
+
+The audit's verdict is
+
+- ``fail`` (exit code 1) when any nuisance column fails on any key (or, with ``fail_on_red_flag``, a
+  red flag is raised), whatever else could not be tested;
+- ``incomplete`` (exit code 3) when nothing fails but some requested nuisance column could not be
+  tested on some requested key (``not_tested`` lists each pair, the reason and what to do; with
+  ``fail_on_red_flag``, a label that could not be tested on a key counts too, as no red flag can be
+  checked there);
+- ``pass`` (exit code 0) otherwise.
+
+A column that cannot be probed on one key (too few patients of each site have that modality, a single
+class left, no value on the rows of that key, no row with that embedding at all) is ``not tested`` on
+that key with the reason. It must be testable on the input as a whole (every row that has a value),
+else the audit stops with an :class:`InputError` (exit code 2), as do a column or key that is not in
+the input at all (a typo).
+
+**Power.** For every tested probe, ``min_detectable_excess`` is the smallest excess over its null mean
+that could reach significance at this cohort size, these class sizes and ``alpha`` (the permutation
+null's upper ``alpha / 2`` quantile minus its mean: :func:`biossl.audit.probes.critical_value`). A
+column's is the smaller of its two probes' (the column fails when either probe does); a key's is the
+largest over its tested nuisance columns. A column whose detectable excess exceeds ``max_excess`` is
+**underpowered**: an effect the user means to catch (above ``max_excess``) can pass unnoticed, so a
+``pass`` there means little. ``power`` in the result lists them; the verdict stays ``pass`` (exit 0),
+and the table and report say so.
+
+**Provenance** (``run``): the command line (``command=``, default :data:`sys.argv`), the UTC date, the
+biossl version, and the checkpoint: the SHA-256 of the file given as ``checkpoint=`` (the CLI's
+``--checkpoint``), else of the file ``uns["biossl"]["checkpoint"]`` names when it exists (as given, or
+beside the embeddings file), else what the embeddings' provenance records (``checkpoint_sha256``, or
+the name alone).
 
 :func:`audit_embeddings` returns a JSON-safe dict; :func:`write_audit` writes ``audit.json`` and a
 self-contained ``report.html`` (:mod:`biossl.audit.report`). An optional ``artifacts`` entry (the
@@ -35,8 +68,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shlex
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +84,16 @@ from biossl import __version__
 from biossl.audit import batch as batch_metrics
 from biossl.audit.probes import RIDGE, Column, ProbeCache, prepare_column, run_probe
 from biossl.errors import InputError
-from biossl.io import atomic_outputs, jsonable
+from biossl.io import atomic_outputs, file_sha256, jsonable
+from biossl.progress import progress
 
 logger = logging.getLogger(__name__)
 
 FAIL, PASS, LABEL, NOT_TESTED = "fail", "pass", "label", "not tested"
+#: The audit's verdict when nothing fails but some requested key or column could not be tested.
+INCOMPLETE = "incomplete"
+#: Exit codes of the verdicts (2: bad input, raised as InputError).
+EXIT_CODES = {PASS: 0, FAIL: 1, INCOMPLETE: 3}
 #: Rows of the PCA scatter stored in the result (a seeded sample above this).
 MAX_SCATTER = 5000
 _PROBES = ("linear", "knn")
@@ -122,9 +163,14 @@ def _pca2(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, list[float]
 
 def _probe_entry(col: Column, role: str, probes: dict[str, Any], alpha: float, max_excess: float) -> dict[str, Any]:
     ps = [probes[p].p_value for p in _PROBES]
+    mde = [probes[p].min_detectable_excess for p in _PROBES]
+    column_mde = min((m for m in mde if not math.isnan(m)), default=math.inf)
     entry: dict[str, Any] = {"role": role, **col.summary(), **{p: probes[p].to_dict() for p in _PROBES},
                              "p_bonferroni": min(1.0, 2 * min(ps)),
-                             "max_excess": max(probes[p].excess for p in _PROBES)}
+                             "max_excess": max(probes[p].excess for p in _PROBES),
+                             "max_excess_over_chance": max(probes[p].excess_over_chance for p in _PROBES),
+                             "min_detectable_excess": None if math.isinf(column_mde) else column_mde,
+                             "underpowered": bool(column_mde > max_excess)}
     failed = [p for p in _PROBES if 2 * probes[p].p_value < alpha and probes[p].excess > max_excess]
     for p in _PROBES:
         entry[p]["verdict"] = (FAIL if p in failed else PASS) if role == "nuisance" else LABEL
@@ -134,7 +180,7 @@ def _probe_entry(col: Column, role: str, probes: dict[str, Any], alpha: float, m
 
 
 def _audit_key(adata: ad.AnnData, key: str, groups_all: np.ndarray, columns: Sequence[str], label: str | None,
-               settings: dict[str, Any]) -> dict[str, Any]:
+               settings: dict[str, Any], tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
     x_all = np.asarray(adata.obsm[key], dtype=np.float64)
     if x_all.ndim != 2:
         raise InputError(f"obsm[{key!r}] is not a 2D array (shape {x_all.shape})")
@@ -155,21 +201,25 @@ def _audit_key(adata: ad.AnnData, key: str, groups_all: np.ndarray, columns: Seq
         role = "label" if col == label else "nuisance"
         try:
             if len(rows) == 0:
-                raise InputError(f"no row has an embedding in obsm[{key!r}]")
+                raise InputError(f"no row has an embedding in obsm[{key!r}] (every row is NaN: no patient has this "
+                                 "modality); leave it out of --keys, or embed a cohort that has it")
             c = prepare_column(adata.obs[col].to_numpy()[rows], groups, column=col, min_groups=min_groups,
                                where=f"{key}", allow_varying=role == "label")
             linear, knn = cache.probes(c)
         except InputError as exc:
             logger.warning("%s: column %r not tested: %s", key, col, exc)
             out["columns"][col] = {"role": role, "column": col, "verdict": NOT_TESTED, "reason": str(exc)}
+            tick()
             continue
         prepared[col] = c
-        probes = {p.name: run_probe(p, c, n_permutations=b, seed=seed) for p in (linear, knn)}
+        probes = {p.name: run_probe(p, c, n_permutations=b, seed=seed, critical_level=settings["alpha"] / 2)
+                  for p in (linear, knn)}
         out["columns"][col] = _probe_entry(c, role, probes, settings["alpha"], settings["max_excess"])
         if role == "nuisance":
             xs = x[c.rows]
             out["batch"][col] = {"silhouette": batch_metrics.silhouette_by_batch(xs, c.codes, seed=seed),
                                  **batch_metrics.ilisi(knn.idx, c, seed=seed)}
+        tick()
     if label is not None and label in prepared and len(rows) > 1:
         idx = cache.knn(np.arange(len(rows)), _codes(groups)).idx  # every row of the key
         lab = _codes_on(prepared[label], len(rows))
@@ -183,6 +233,11 @@ def _audit_key(adata: ad.AnnData, key: str, groups_all: np.ndarray, columns: Seq
         entry["red_flag"] = bool(label_excess is not None and entry.get("max_excess") is not None
                                  and entry["p_bonferroni"] < settings["alpha"] and entry["max_excess"] > 0
                                  and entry["max_excess"] > label_excess)
+    tested = [out["columns"][c] for c in columns if out["columns"][c]["verdict"] != NOT_TESTED]
+    mdes = [math.inf if e["min_detectable_excess"] is None else e["min_detectable_excess"] for e in tested]
+    out["status"] = "tested" if len(tested) == len(columns) else ("partly tested" if tested else NOT_TESTED)
+    out["min_detectable_excess"] = (None if not mdes or math.isinf(max(mdes)) else max(mdes))
+    out["underpowered"] = [e["column"] for e in tested if e["underpowered"]]
     if len(rows) >= 2:
         plotted, scores, ratio = _pca2(x, seed)
         obs_rows = rows[plotted]
@@ -221,6 +276,9 @@ def audit_embeddings(
     min_groups: int | None = None,
     fail_on_red_flag: bool = False,
     source: str = "the embeddings",
+    command: str | Sequence[str] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Audit ``adata``'s embeddings for the nuisance ``columns`` (see the module docstring).
 
@@ -239,11 +297,16 @@ def audit_embeddings(
         ridge: Ridge penalty per training row (standardised features).
         min_groups: Classes held by fewer patients are left out of a column's probes; default ``max(2, n_folds)``.
         fail_on_red_flag: A red flag also fails the audit.
-        source: The input's name, for messages.
+        source: The input's name, for messages (a path: the folder where a checkpoint it names is looked for).
+        command: The command line recorded in ``run`` (a string, or argv as a list); default :data:`sys.argv`.
+        checkpoint: The checkpoint file the embeddings came from (the CLI's ``--checkpoint``): its SHA-256 is
+            recorded; default: the file ``uns["biossl"]["checkpoint"]`` names, when it exists.
+        checkpoint_sha256: The checkpoint's SHA-256 when the caller has it already (not hashed again).
 
     Returns:
-        A JSON-safe dict: ``settings``, ``input``, ``keys`` (one entry per key), ``verdicts`` (table rows),
-        ``verdict`` (``pass``/``fail``), ``red_flags``, ``artifacts`` (``None``).
+        A JSON-safe dict: ``settings``, ``input``, ``run`` (command, date, version, checkpoint), ``keys`` (one
+        entry per key), ``verdicts`` (table rows), ``verdict`` (``pass``/``fail``/``incomplete``),
+        ``not_tested``, ``power``, ``red_flags``, ``artifacts`` (``None``).
 
     Raises:
         InputError: unknown columns or keys, bad settings, a column that cannot be probed at all.
@@ -272,40 +335,178 @@ def audit_embeddings(
                 "seed": seed, "ridge": ridge, "min_groups": min_groups, "group_column": group_column,
                 "fail_on_red_flag": fail_on_red_flag}
     per_key = []
-    for key in keys:
-        logger.info("auditing %s for %s%s", key, ", ".join(columns), f" (label {label})" if label else "")
-        per_key.append(_audit_key(adata, key, groups, columns, label, settings))
+    names = [*columns, *([label] if label else [])]
+    with _Ticks(len(keys) * len(names), desc="audit", unit="column") as tick:
+        for key in keys:
+            logger.info("auditing %s for %s%s", key, ", ".join(columns), f" (label {label})" if label else "")
+            per_key.append(_audit_key(adata, key, groups, columns, label, settings, tick))
+    verdicts, red_flags = _verdict_rows(per_key, label)
+    not_tested = _not_tested(per_key, columns, label, fail_on_red_flag)
+    failed = any(v["verdict"] == FAIL for v in verdicts) or (fail_on_red_flag and bool(red_flags))
+    blocking = [n for n in not_tested if n["affects_verdict"]]
+    verdict = FAIL if failed else (INCOMPLETE if blocking else PASS)
+    uns = adata.uns.get("biossl")
+    provenance = uns if isinstance(uns, dict) else {}
+    result = {
+        "biossl_version": __version__, "settings": settings, "columns": list(columns), "label": label,
+        "input": {"source": source, "n_rows": int(adata.n_obs), "n_patients": n_groups, "provenance": provenance},
+        "run": run_metadata(command=command, checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256,
+                            provenance=provenance, source=source),
+        "keys": per_key, "verdicts": verdicts, "red_flags": red_flags, "verdict": verdict,
+        "exit_code": EXIT_CODES[verdict], "not_tested": not_tested,
+        "suggested_keys": [e["key"] for e in per_key if e["status"] == "tested"] if blocking else None,
+        "power": _power(per_key, columns, max_excess, alpha), "artifacts": None,
+    }
+    return jsonable(result)
+
+
+class _Ticks:
+    """One progress bar over ``total`` steps, advanced by calling the object (:func:`biossl.progress.progress`)."""
+
+    def __init__(self, total: int, *, desc: str, unit: str) -> None:
+        self._bar: Iterator[int] = iter(progress(range(total), desc, total=total, unit=unit))
+        next(self._bar, None)  # shows 0 / total
+
+    def __call__(self) -> None:
+        next(self._bar, None)
+
+    def __enter__(self) -> _Ticks:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:  # an error: close the bar where it stands
+            getattr(self._bar, "close", lambda: None)()
+            return
+        for _ in self._bar:  # finish (and close) the bar
+            pass
+
+
+def _verdict_rows(per_key: list[dict[str, Any]], label: str | None) -> tuple[list[dict[str, Any]],
+                                                                             list[dict[str, Any]]]:
+    """The verdict table (one row per key, column and probe; one per untested pair) and the red flags."""
     verdicts, red_flags = [], []
     for entry in per_key:
         for col, res in entry["columns"].items():
             if res["verdict"] == NOT_TESTED:
                 verdicts.append({"key": entry["key"], "column": col, "role": res["role"], "probe": "-",
-                                 "balanced_accuracy": None, "chance": None, "null_mean": None, "p_value": None,
-                                 "verdict": NOT_TESTED, "n_rows": 0})
+                                 "balanced_accuracy": None, "chance": None, "null_mean": None, "excess": None,
+                                 "excess_over_chance": None, "min_detectable_excess": None, "p_value": None,
+                                 "verdict": NOT_TESTED, "n_rows": 0, "reason": res["reason"]})
                 continue
             for p in _PROBES:
                 verdicts.append({"key": entry["key"], "column": col, "role": res["role"], "probe": p,
                                  "balanced_accuracy": res[p]["balanced_accuracy"], "chance": res[p]["chance"],
-                                 "null_mean": res[p].get("null_mean"), "p_value": res[p]["p_value"],
-                                 "verdict": res[p]["verdict"], "n_rows": res["n_rows"]})
+                                 "null_mean": res[p].get("null_mean"), "excess": res[p]["excess"],
+                                 "excess_over_chance": res[p]["excess_over_chance"],
+                                 "min_detectable_excess": res[p]["min_detectable_excess"],
+                                 "p_value": res[p]["p_value"], "verdict": res[p]["verdict"], "n_rows": res["n_rows"],
+                                 "n_groups": res["n_groups"]})
             if res.get("red_flag"):
                 red_flags.append({"key": entry["key"], "column": col, "excess": res["max_excess"],
                                   "label_excess": entry["columns"][label]["max_excess"] if label else None})
-    failed = any(v["verdict"] == FAIL for v in verdicts) or (fail_on_red_flag and bool(red_flags))
-    uns = adata.uns.get("biossl")
-    result = {
-        "biossl_version": __version__, "settings": settings, "columns": list(columns), "label": label,
-        "input": {"source": source, "n_rows": int(adata.n_obs), "n_patients": n_groups,
-                  "provenance": uns if isinstance(uns, dict) else {}},
-        "keys": per_key, "verdicts": verdicts, "red_flags": red_flags, "verdict": FAIL if failed else PASS,
-        "artifacts": None,
-    }
-    return jsonable(result)
+    return verdicts, red_flags
+
+
+def _todo(reason: str, key: str, n_rows: int) -> str:
+    """What a user can do about a column that could not be tested on a key."""
+    if n_rows == 0:
+        return f"leave {key} out of --keys (no patient has this embedding), or embed a cohort that has the modality"
+    if "has no value" in reason:
+        return (f"fill in the column for the {n_rows} row(s) that have {key}, or leave {key} out of --keys to get a "
+                "verdict on the rest")
+    return (f"{n_rows} row(s) have {key}: audit a larger cohort, merge rare values of the column, use fewer "
+            f"--folds, or leave {key} out of --keys to get a verdict on the rest")
+
+
+def _not_tested(per_key: list[dict[str, Any]], columns: Sequence[str], label: str | None,
+                fail_on_red_flag: bool) -> list[dict[str, Any]]:
+    """The (key, column) pairs that could not be tested, why, what to do, and whether they make the audit incomplete.
+
+    A nuisance column always counts; the label counts only with ``fail_on_red_flag`` (no red flag can be checked).
+    """
+    out = []
+    for entry in per_key:
+        for col in [*columns, *([label] if label else [])]:
+            res = entry["columns"][col]
+            if res["verdict"] != NOT_TESTED:
+                continue
+            out.append({"key": entry["key"], "column": col, "role": res["role"], "reason": res["reason"],
+                        "what_to_do": _todo(res["reason"], entry["key"], entry["n_rows"]),
+                        "affects_verdict": res["role"] == "nuisance" or fail_on_red_flag})
+    return out
+
+
+def _power(per_key: list[dict[str, Any]], columns: Sequence[str], max_excess: float, alpha: float) -> dict[str, Any]:
+    """The smallest detectable excess per tested nuisance column, and the underpowered ones (module docstring)."""
+    tested = [{"key": e["key"], "column": c, "n_groups": e["columns"][c]["n_groups"],
+               "n_classes": len(e["columns"][c]["classes"]),
+               "min_detectable_excess": e["columns"][c]["min_detectable_excess"],
+               "underpowered": e["columns"][c]["underpowered"]}
+              for e in per_key for c in columns if e["columns"][c]["verdict"] != NOT_TESTED]
+    return {"method": f"smallest excess over the permutation null's mean that can reach p < alpha / 2 = {alpha / 2:g} "
+                      "(the null's upper quantile minus its mean; the smaller of the two probes')",
+            "max_excess": max_excess, "columns": tested,
+            "underpowered": [t for t in tested if t["underpowered"]]}
+
+
+def _command_line(command: str | Sequence[str] | None) -> str:
+    if isinstance(command, str):
+        return command
+    argv = list(sys.argv if command is None else command)
+    if argv and command is None:  # the console script's full path says nothing: its name
+        name = Path(argv[0]).name
+        argv[0] = "python -m biossl" if name == "__main__.py" else name
+        return " ".join([argv[0], *(shlex.quote(a) for a in argv[1:])])
+    return shlex.join(argv)
+
+
+def _checkpoint_file(checkpoint: str | Path | None, provenance: dict[str, Any], source: str) -> tuple[Path | None, str]:
+    """(the checkpoint file to hash, where its name came from), or (None, why not)."""
+    if checkpoint is not None:
+        return (Path(checkpoint), "checkpoint given") if Path(checkpoint).is_file() else (None, "checkpoint given")
+    named = provenance.get("checkpoint")
+    if not isinstance(named, str) or not named:
+        return None, "not recorded in the embeddings"
+    candidates = [Path(named)]
+    if Path(source).suffix == ".h5ad":
+        candidates.append(Path(source).parent / named)
+    found = next((c for c in candidates if c.is_file()), None)
+    return found, "named by the embeddings' provenance"
+
+
+def run_metadata(*, command: str | Sequence[str] | None = None, checkpoint: str | Path | None = None,
+                 checkpoint_sha256: str | None = None, provenance: dict[str, Any] | None = None,
+                 source: str = "") -> dict[str, Any]:
+    """What ran the audit: command line, UTC date, biossl version, checkpoint (name, path, SHA-256).
+
+    Args:
+        command: Command line (string or argv); default :data:`sys.argv`.
+        checkpoint: Checkpoint file to hash.
+        checkpoint_sha256: Its hash when the caller has it (nothing is read then).
+        provenance: The embeddings' ``uns["biossl"]`` (its ``checkpoint`` and ``checkpoint_sha256``).
+        source: The embeddings file, beside which a checkpoint named by the provenance is looked for.
+    """
+    provenance = provenance or {}
+    path, origin = _checkpoint_file(checkpoint, provenance, source)
+    sha = checkpoint_sha256
+    if sha is None and path is not None:
+        sha = file_sha256(path)
+        origin += ", hashed"
+    elif sha is None and provenance.get("checkpoint_sha256"):
+        sha, origin = str(provenance["checkpoint_sha256"]), "recorded in the embeddings' provenance"
+    elif sha is None:
+        origin += "; file not found, not hashed"
+    name = str(checkpoint) if checkpoint is not None else provenance.get("checkpoint")
+    return {"command": _command_line(command),
+            "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "biossl_version": __version__,
+            "checkpoint": {"name": name, "path": str(path.resolve()) if path is not None else None, "sha256": sha,
+                           "origin": origin}}
 
 
 def exit_code(result: dict[str, Any]) -> int:
-    """0 when the audit passes, 1 when it fails."""
-    return 1 if result["verdict"] == FAIL else 0
+    """0 when the audit passes, 1 when it fails, 3 when it is incomplete (some key or column not tested)."""
+    return EXIT_CODES.get(result["verdict"], 1)
 
 
 def write_audit(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
@@ -323,4 +524,5 @@ def write_audit(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path
     return json_path, html_path
 
 
-__all__ = ["FAIL", "NOT_TESTED", "PASS", "audit_embeddings", "default_keys", "exit_code", "jsonable", "write_audit"]
+__all__ = ["EXIT_CODES", "FAIL", "INCOMPLETE", "NOT_TESTED", "PASS", "audit_embeddings", "default_keys", "exit_code",
+           "jsonable", "run_metadata", "write_audit"]

@@ -36,21 +36,22 @@ def parse_encoder_arg(text: str) -> tuple[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's arguments to ``parser``."""
+    from biossl.commands.options import add_shared
+
     parser.add_argument("coords_dir", type=Path, metavar="COORDS_DIR", help="folder of .h5 files from `biossl tile`")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder for feature .h5 files")
+    add_shared(parser, "out", required=("out",), help={"out": "output folder for feature .h5 files"})
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, metavar="CKPT", help="pretraining checkpoint with a slide encoder")
+    add_shared(source, "checkpoint", help={"checkpoint": "pretraining checkpoint with a slide encoder"})
     parser.add_argument("--modality", metavar="NAME", default=None,
                         help="the checkpoint's slide modality whose encoder embeds the tiles (needed only when it "
                              "has several, e.g. he and ihc)")
     source.add_argument("--encoder", metavar="NAME", help="registered image encoder (random weights, seed 0)")
     parser.add_argument("--encoder-arg", type=parse_encoder_arg, action="append", default=[], metavar="K=V",
                         help="keyword argument of --encoder (repeatable), e.g. img_size=64")
-    parser.add_argument("--tile-px", type=int, default=None,
+    parser.add_argument("--tile-px", type=int, default=None, metavar="PX",
                         help="tile edge fed to the encoder (default: the checkpoint's, else the encoder's img_size)")
-    parser.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass (default 256)")
-    parser.add_argument("--num-workers", type=int, default=4, help="tile-reading worker processes (default 4)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    add_shared(parser, "batch_size", "num_workers", "device", default={"batch_size": 256, "num_workers": 4},
+               help={"batch_size": "tiles per forward pass", "num_workers": "tile-reading worker processes"})
     parser.add_argument("--shard", type=parse_shard, default=None, metavar="i/n",
                         help="process every n-th coordinates file of the sorted list, starting at i")
     parser.add_argument("--overwrite", action="store_true", help="recompute files that already exist")

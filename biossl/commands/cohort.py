@@ -18,9 +18,10 @@ from biossl.data.cohort import OVERRIDE_SLIDE_MPP, SLIDE_MPP, Cohort
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's arguments."""
+    from biossl.commands.options import add_shared
+
     parser.add_argument("manifest", type=Path, help="manifest (CSV/TSV/Parquet): patient_id, modality, path")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip bad rows (and patients left without files) with a warning, not fail")
+    add_shared(parser, "skip_bad")
     parser.add_argument("--report", type=Path, default=None, metavar="PATH",
                         help="write every problem found to PATH (.json for JSON, else CSV)")
     parser.add_argument("--no-probe", action="store_true",

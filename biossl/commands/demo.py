@@ -18,12 +18,17 @@ DEMO_CONFIG = REPO / "configs" / "pretrain" / "demo.yaml"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's options."""
-    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
-    parser.add_argument("--manifest", type=Path, default=None, help="another cohort's manifest (default: the demo)")
-    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, help="pretraining config")
-    parser.add_argument("--max-steps", type=int, default=None, help="override the config's trainer.max_steps")
-    parser.add_argument("--labels", type=Path, default=None,
-                        help="labels for the embeddings and the audit (default: the demo's, with the demo cohort)")
+    from biossl.commands.options import add_shared
+
+    add_shared(parser, "out", "manifest", default={"out": Path("demo_output")},
+               help={"out": "output folder (pretrain/, work/, embeddings.h5ad, audit/, retrieval.json)",
+                     "manifest": "another cohort's manifest (default: the demo cohort, biossl/demo_data)"})
+    parser.add_argument("--config", type=Path, default=DEMO_CONFIG, metavar="YAML",
+                        help="pretraining config (default: configs/pretrain/demo.yaml)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N",
+                        help="override the config's trainer.max_steps")
+    add_shared(parser, "labels",
+               help={"labels": "labels for the embeddings and the audit (default: the demo's, with the demo cohort)"})
 
 
 def loss_table(metrics_csv: Path, *, window: int = 10) -> pd.DataFrame:
@@ -124,9 +129,11 @@ def embed_and_audit(checkpoint: Path, manifest: Path, labels: Path | None, work:
     print(f"\nbiossl {' '.join(argv)}", flush=True)
     code = main(argv)
     meaning = {0: "pass", 1: "fail: a site signature was found (a finding, not an error of the demo)",
+               3: "incomplete: site could not be tested on some embeddings (too few patients; a finding, not an "
+                  "error of the demo)",
                74: "the audit could not be written (see the error above)"}
     print(f"audit exit code {code} ({meaning.get(code, 'bad input')}); report: {out / 'audit' / 'report.html'}")
-    audit_code = 0 if code in (0, 1) else code
+    audit_code = 0 if code in (0, 1, 3) else code
     retrieval_code = table_retrieval(embeddings, list(adata.obsm.keys()), manifest, out)
     return audit_code or retrieval_code
 

@@ -33,9 +33,11 @@ SAFETENSORS, TORCH = "encoder.safetensors", "encoder.pt"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's arguments to ``parser``."""
-    parser.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT", help="pretraining checkpoint")
+    from biossl.commands.options import add_shared
+
+    add_shared(parser, "checkpoint", required=("checkpoint",))
     parser.add_argument("--modality", required=True, metavar="NAME", help="the modality whose encoder is written")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (must not exist)")
+    add_shared(parser, "out", required=("out",), help={"out": "output folder (must not exist, unless --overwrite)"})
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 

@@ -13,6 +13,11 @@ and ``--ckpt_path last`` (or the path of ``last.ckpt``) resumes it exactly. ``me
 every step, and a resumed run keeps the rows of the steps before its checkpoint: the file ends with
 one row per step, as an uninterrupted run's does.
 
+**Command line.** ``--checkpoint`` and ``--resume`` are aliases of ``--ckpt_path``; ``--checkpoint-every`` (config
+key ``checkpoint_every``; the old spelling ``--checkpoint_every`` is still accepted) sets the checkpoint interval.
+``-v``/``-q`` (before or after the verb) are biossl's and never reach Lightning. Lightning's own log lines go
+through biossl's one handler (:mod:`biossl.logs`), once each, without its tips.
+
 **Full disk.** A checkpoint or ``metrics.csv`` that cannot be written (disk full, quota, read-only
 folder) stops the run with one line naming the file and the free space, and exit code 74; the
 checkpoints already written stay complete.
@@ -20,7 +25,9 @@ checkpoints already written stay complete.
 
 from __future__ import annotations
 
+import argparse
 import csv
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -28,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
@@ -37,10 +44,31 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from biossl.errors import InputError
 from biossl.io import output_error, save_torch_atomic
+from biossl.logs import adopt_library_loggers
 from biossl.modules.datamodule import BagDataModule
 from biossl.modules.pretrain import PretrainModule
 
 PASSTHROUGH = True  # this verb parses its own arguments (jsonargparse)
+
+#: Old spellings still accepted but left out of ``--help``.
+HIDDEN_FLAGS = frozenset({"--checkpoint_every"})
+
+EPILOG_NOTE = """biossl's own options (before or after the verb): -v/--verbose (-vv: every library's debug lines),
+-q/--quiet (warnings and errors only, no progress bars), --plugin MODULE."""
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help (each option's type and default) with the epilog kept as written, old spellings hidden."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if HIDDEN_FLAGS.isdisjoint(action.option_strings):
+            return super()._format_action_invocation(action)
+        shown = argparse.Action([o for o in action.option_strings if o not in HIDDEN_FLAGS], action.dest,
+                                nargs=action.nargs, metavar=action.metavar)
+        return super()._format_action_invocation(shown)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -132,6 +160,8 @@ def _as_list(value: Any) -> list[Any]:
 
 def trainer_defaults() -> dict[str, Any]:
     """Trainer defaults: GPU + bf16 where available, CPU + fp32 otherwise; CSV metrics; checkpoints."""
+    from biossl.progress import progress_enabled
+
     cuda = torch.cuda.is_available()
     return {
         "accelerator": "auto",
@@ -142,6 +172,7 @@ def trainer_defaults() -> dict[str, Any]:
         # BagDataModule shards patients by rank itself (BagSampler), so that a mid-epoch resume is exact under
         # DDP; Lightning's DistributedSamplerWrapper would hide the sampler's position from the checkpoint.
         "use_distributed_sampler": False,
+        "enable_progress_bar": progress_enabled(),  # biossl -q: no bars
     }
 
 
@@ -189,10 +220,10 @@ class PretrainCLI(LightningCLI):
             self.config["data.num_workers"] = cap_workers(workers, "data.num_workers")
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        """Add ``--ckpt_path`` (resume) and link the data seed to the model seed."""
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
+        """Add ``--ckpt_path`` (aliases ``--checkpoint``, ``--resume``) and ``--checkpoint-every``; link the seeds."""
+        parser.add_argument("--ckpt_path", "--checkpoint", "--resume", type=str | None, default=None,
                             help="checkpoint to resume from ('last' = the run's last.ckpt)")
-        parser.add_argument("--checkpoint_every", type=int, default=50,
+        parser.add_argument("--checkpoint-every", "--checkpoint_every", dest="checkpoint_every", type=int, default=50,
                             help="write a checkpoint every N optimiser steps (and last.ckpt)")
         parser.link_arguments("seed_everything", "model.seed")
         parser.link_arguments("seed_everything", "data.seed")
@@ -228,12 +259,42 @@ def check_resume_checkpoint(ckpt: str | Path) -> None:
         raise InputError(f"--ckpt_path {ckpt}: cannot resume from it: {exc}") from None
 
 
+def _already_finished(trainer: Any, ckpt: str | Path) -> bool:
+    """True (and one line said) when the checkpoint to resume from already reached ``trainer.max_steps``.
+
+    Resuming such a run would train nothing, and Lightning would still start a new ``metrics.csv``: the run's
+    files are left as they are instead. ``last`` is resolved as Lightning does (the newest ``last*.ckpt`` of the
+    checkpoint folder, ``last-interrupted.ckpt`` included).
+    """
+    from biossl.checkpoint import load_checkpoint
+
+    if str(ckpt) in ("hpc", "best", "registry") or not trainer.max_steps or trainer.max_steps < 0:
+        return False
+    path: Path | None = Path(ckpt)
+    if str(ckpt) == "last":
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        found = sorted(Path(folder).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if folder else []
+        path = found[-1] if found else None
+    if path is None or not path.is_file():
+        return False
+    step = int(load_checkpoint(path, mmap=True).get("global_step", 0))
+    if step < trainer.max_steps:
+        return False
+    logging.getLogger(__name__).warning(
+        "%s is at step %d and this run stops at trainer.max_steps %d: nothing to train, the run's files are left "
+        "as they are (raise --trainer.max_steps to train longer)", path, step, trainer.max_steps)
+    return True
+
+
 def main(argv: Sequence[str]) -> int:
     """Run pretraining with the given command-line arguments (after the verb).
 
     A config value of the wrong type, an unknown key or a missing required one exits with code 2 and
     one line naming the key and the value (argparse's convention: ``SystemExit(2)``), not the usage.
     """
+    from biossl.cli import EXAMPLES
+
+    adopt_library_loggers()  # Lightning's own handlers (imported above) would print each of its lines twice
     try:
         with warnings.catch_warnings():  # biossl's dispatcher hands over argv on purpose; Lightning warns
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -248,7 +309,8 @@ def main(argv: Sequence[str]) -> int:
                 subclass_mode_model=False,
                 subclass_mode_data=False,
                 auto_configure_optimizers=False,
-                parser_kwargs={"exit_on_error": False},
+                parser_kwargs={"exit_on_error": False, "formatter_class": HelpFormatter, "prog": "biossl pretrain",
+                               "epilog": f"{EXAMPLES['pretrain']}\n\n{EPILOG_NOTE}"},
             )
     except ArgumentError as exc:
         print(config_error(str(exc), list(argv)), file=sys.stderr)
@@ -258,6 +320,8 @@ def main(argv: Sequence[str]) -> int:
     ckpt = cli.config.get("ckpt_path")
     if ckpt is not None:
         check_resume_checkpoint(ckpt)
+        if _already_finished(cli.trainer, ckpt):
+            return 0
     # Resuming loads the checkpoint with torch.load(weights_only=True): no pickled code runs.
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True if ckpt else None)
     # last.ckpt holds the final state, also when max_steps is not a multiple of checkpoint_every.

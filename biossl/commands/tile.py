@@ -38,10 +38,12 @@ def parse_mpp(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the verb's arguments to ``parser``."""
+    from biossl.commands.options import add_shared
+
     parser.add_argument("slides", nargs="+", metavar="SLIDE", help="whole-slide images (.svs, .tif, ...)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for .h5 and thumbnails")
-    parser.add_argument("--mpp", type=parse_mpp, default=0.5, help="target µm per pixel of tiles (default 0.5)")
-    parser.add_argument("--tile-size", type=int, default=256, help="tile side in pixels (default 256)")
+    add_shared(parser, "out", required=("out",), help={"out": "output folder for .h5 and thumbnails"})
+    parser.add_argument("--mpp", type=parse_mpp, default=0.5, metavar="X", help="target µm per pixel of tiles")
+    parser.add_argument("--tile-size", type=int, default=256, metavar="PX", help="tile side in pixels")
     parser.add_argument(
         "--slide-mpp",
         type=parse_mpp,
@@ -61,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-tissue",
         type=float,
         default=0.5,
-        help="keep tiles with at least this tissue fraction (default 0.5)",
+        metavar="F",
+        help="keep tiles with at least this tissue fraction",
     )
     parser.add_argument(
         "--keep-empty",

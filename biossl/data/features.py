@@ -49,6 +49,7 @@ from biossl.data.tiles import SlideTiles, TileDataset, cached_handle
 from biossl.device import resolve_device
 from biossl.errors import InputError, SlideError
 from biossl.io import atomic_h5
+from biossl.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,8 @@ def write_tile_features(
     with atomic_h5(out) as f:  # built in memory (n x dim float16): HDF5 never meets a full disk itself
         feats = f.create_dataset("features", shape=(n, embed_dim), dtype=np.float16)
         f.create_dataset("coords", data=tiles.coords.astype(np.int64))
-        bar = tqdm(total=n, desc=coords_h5.stem, unit="tile", disable=not progress, leave=False)
+        bar = tqdm(total=n, desc=coords_h5.stem, unit="tile", disable=not (progress and progress_enabled()),
+                   leave=False)
         start = 0
         with torch.inference_mode(), autocast, bar:
             for x, _ in loader:

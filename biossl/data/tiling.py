@@ -60,6 +60,7 @@ from biossl.data.wsi import Slide, check_mpp, describe_mpp, disagreement, missin
 from biossl.errors import ManifestError, SlideError
 from biossl.io import atomic_outputs, write_bytes
 from biossl.keys import MODALITY, PATH, PATIENT_ID, WSI
+from biossl.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -648,7 +649,7 @@ def tile_slides(
         raise SlideError(f"{len(problems)} of {len(slides)} slides cannot be tiled{more}: " + "; ".join(problems[:5]))
     results: list[TilingResult] = []
     blank: list[str] = []
-    for path in tqdm(slides, desc="tiling", unit="slide", disable=not progress):
+    for path in tqdm(slides, desc="tiling", unit="slide", disable=not (progress and progress_enabled())):
         key = _key(path, identities[path])
         if first_of[key] != path:  # a copy of a slide of this run (same name and content): its tiles are the same
             done = [r for r in results if r.slide == first_of[key]]

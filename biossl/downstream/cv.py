@@ -367,8 +367,11 @@ def cross_validate(task: Task, methods: Sequence[Method], splits: pd.DataFrame, 
     Raises:
         InputError: a survival training fold has no event; a fraction that cannot be applied.
     """
+    from biossl.progress import progress
+
     results: dict[str, dict[str, Any]] = {m.name: {"settings": m.describe(), "folds": []} for m in methods}
     inputs = {m.name: m.patients() for m in methods}
+    plan = []  # every fold checked and subsampled before the first fit
     for k, train_all, test in fold_indices(task, splits):
         if task.kind == "survival":
             assert task.event is not None
@@ -376,27 +379,29 @@ def cross_validate(task: Task, methods: Sequence[Method], splits: pd.DataFrame, 
                 raise InputError(f"fold {k}: none of its {len(train_all)} training patients had an event, so no "
                                  "survival model can be fitted; use other splits or --folds with fewer folds")
         train = subsample_training(task, train_all, fraction, seed=seed, fold=k)
-        dropped = [task.patients[i] for i in np.setdiff1d(train_all, train)]
-        for method in methods:
-            pool = [p for p in [*unlabelled, *dropped] if p in inputs[method.name]]
-            prediction = method.fit_predict(task, train, test, seed=seed, unlabelled=pool)
-            scores, why = fold_scores(task, train, test, prediction, getattr(method, "last_survival", None))
-            row: dict[str, Any] = {"fold": int(k), "n_train": len(train_all), "n_train_labelled": len(train),
-                                   "n_test": len(test)}
-            row.update({name: None if math.isnan(v) else v for name, v in scores.items()})
-            fit = getattr(method, "last_fit", None)
-            if fit:
-                row["fit"] = dict(fit)
-                _edge_warning(method, k, fit)
-            if why:
-                row["note"] = "; ".join(why.values())
-                undefined = [v for v in why.values() if v != NO_CURVES]
-                if undefined:
-                    logger.warning("fold %d, %s: %s; left out of that metric's mean", k, method.name,
-                                   "; ".join(undefined))
-            results[method.name]["folds"].append(row)
-            logger.info("fold %d %-16s %s", k, method.name,
-                        "  ".join(f"{n} {v:.3f}" for n, v in scores.items() if not math.isnan(v)))
+        plan.append((k, train_all, train, test, [task.patients[i] for i in np.setdiff1d(train_all, train)]))
+    fits = [(fold, method) for fold in plan for method in methods]
+    desc = "cross-validation" if fraction == 1.0 else f"labels {_fraction_text(fraction)}, seed {seed}"
+    for (k, train_all, train, test, dropped), method in progress(fits, desc, total=len(fits), unit="fit"):
+        pool = [p for p in [*unlabelled, *dropped] if p in inputs[method.name]]
+        prediction = method.fit_predict(task, train, test, seed=seed, unlabelled=pool)
+        scores, why = fold_scores(task, train, test, prediction, getattr(method, "last_survival", None))
+        row: dict[str, Any] = {"fold": int(k), "n_train": len(train_all), "n_train_labelled": len(train),
+                               "n_test": len(test)}
+        row.update({name: None if math.isnan(v) else v for name, v in scores.items()})
+        fit = getattr(method, "last_fit", None)
+        if fit:
+            row["fit"] = dict(fit)
+            _edge_warning(method, k, fit)
+        if why:
+            row["note"] = "; ".join(why.values())
+            undefined = [v for v in why.values() if v != NO_CURVES]
+            if undefined:
+                logger.warning("fold %d, %s: %s; left out of that metric's mean", k, method.name,
+                               "; ".join(undefined))
+        results[method.name]["folds"].append(row)
+        logger.info("fold %d %-16s %s", k, method.name,
+                    "  ".join(f"{n} {v:.3f}" for n, v in scores.items() if not math.isnan(v)))
     for result in results.values():
         result["summary"] = {name: summarise([f[name] for f in result["folds"]]) for name in metric_names(task)}
     return results

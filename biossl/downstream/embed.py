@@ -62,7 +62,7 @@ from biossl.data.cohort import Cohort, read_manifest
 from biossl.data.labels import MAX_NAMED, check_obs_columns, read_labels
 from biossl.encoders.patient import PatientEncoder, PatientModel
 from biossl.errors import InputError
-from biossl.io import write_h5ad_atomic
+from biossl.io import file_sha256, write_h5ad_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -454,7 +454,8 @@ def embed_loaded(
     for m in modalities:
         adata.obsm[obsm_key(m)] = emb[m][keep]
     adata.uns["biossl"] = {
-        "checkpoint": checkpoint.name, "checkpoint_biossl_version": str(state.get("version", "")),
+        "checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_biossl_version": str(state.get("version", "")),
         "biossl_version": __version__, "data_fingerprint": str(state.get("data_fingerprint", "")),
         "cohort_fingerprint": cohort.fingerprint(), "manifest": manifest.name, "modalities": modalities,
         "kinds": {m: module.kind_of(m) for m in modalities}, "embed_dim": int(dim), "fusion": FUSION_NOTE,
@@ -620,6 +621,7 @@ def embed_whole(module: PatientEncoder, dataset: PatientBagDataset, modalities: 
     Instances are read by :class:`~biossl.data.bags.InstanceReads` (in ``num_workers`` DataLoader workers),
     encoded ``policy.chunk_size`` at a time -- chunks of consecutive patients are packed together, a large
     patient is split -- and each patient's ``N x D`` instance embeddings pooled once by the modality's pool.
+    A progress bar (:mod:`biossl.progress`) counts the chunks read.
 
     Returns:
         A :class:`WholeEmbedded`; ``fused`` is :func:`~biossl.encoders.fusion.fused_embedding` of the
@@ -627,6 +629,7 @@ def embed_whole(module: PatientEncoder, dataset: PatientBagDataset, modalities: 
     """
     from biossl.device import resolve_device
     from biossl.encoders.fusion import fused_embedding
+    from biossl.progress import progress
 
     policy = policy or InstancePolicy(chunk_size=DEFAULT_CHUNK_SIZE)
     device = resolve_device(device)
@@ -641,7 +644,7 @@ def embed_whole(module: PatientEncoder, dataset: PatientBagDataset, modalities: 
     loader = DataLoader(reads, batch_size=None, shuffle=False, num_workers=num_workers)
     pending = _Pending(module, device, out, int(policy.chunk_size))
     with torch.no_grad():
-        for item in loader:
+        for item in progress(loader, "embed", total=len(reads), unit="chunk"):
             pending.add(item)
         pending.flush()
         if modalities:
@@ -649,6 +652,20 @@ def embed_whole(module: PatientEncoder, dataset: PatientBagDataset, modalities: 
             present = {m: torch.from_numpy(out.has[m]) for m in modalities}
             out.fused = fused_embedding(pooled, present).cpu().numpy().astype(np.float32)
     return out
+
+
+def instance_policy_of(max_instances: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> InstancePolicy:
+    """The :class:`~biossl.data.bags.InstancePolicy` of ``--max-tiles`` and ``--chunk-size``, checked.
+
+    Raises:
+        InputError: ``max_instances`` or ``chunk_size`` below 1.
+    """
+    if max_instances is not None and max_instances < 1:
+        raise InputError(f"--max-tiles (--max-instances) must be at least 1; got {max_instances} (leave it out to use "
+                         "every tile of every slide)")
+    if chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1; got {chunk_size}")
+    return InstancePolicy(max_instances=max_instances, chunk_size=chunk_size)
 
 
 def write_embeddings(adata: ad.AnnData, path: str | Path) -> None:
@@ -677,5 +694,5 @@ def read_embeddings(path: str | Path) -> ad.AnnData:
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "FUSED", "BatchTransform", "InstancePolicy", "LoadedCohort", "WholeEmbedded",
            "bag_spec_of", "default_work_dir", "embed_cohort", "embed_dataset", "embed_loaded", "embed_views",
-           "embed_whole", "load_cohort", "obsm_key", "open_cohort", "pretrained_on", "read_embeddings",
-           "write_embeddings"]
+           "embed_whole", "instance_policy_of", "load_cohort", "obsm_key", "open_cohort", "pretrained_on",
+           "read_embeddings", "write_embeddings"]

@@ -13,6 +13,8 @@ from typing import Literal
 from biossl.errors import InputError
 
 SurvivalLoss = Literal["cox", "discrete"]
+#: Default L2 penalty of the probe by task (loss averaged per patient, or per event for Cox).
+DEFAULT_L2 = {"subtype": 0.01, "survival": 0.1}
 
 
 @dataclass
@@ -47,4 +49,4 @@ class FinetuneSettings:
             raise InputError(f"--survival-loss must be cox or discrete; got {self.survival_loss!r}")
 
 
-__all__ = ["FinetuneSettings", "SurvivalLoss"]
+__all__ = ["DEFAULT_L2", "FinetuneSettings", "SurvivalLoss"]

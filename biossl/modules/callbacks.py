@@ -13,8 +13,15 @@ import lightning.pytorch as pl
 logger = logging.getLogger(__name__)
 
 
+#: File name of the checkpoint written on Ctrl-C / SIGTERM.
+NAME = "last-interrupted.ckpt"
+
+
 class CheckpointOnInterrupt(pl.Callback):
-    """Save ``<dirpath>/interrupted.ckpt`` when training stops on Ctrl-C or SIGTERM.
+    """Save ``<dirpath>/last-interrupted.ckpt`` when training stops on Ctrl-C or SIGTERM.
+
+    The name starts with ``last`` so that ``--ckpt_path last`` (``--resume last``) finds it: Lightning resumes
+    from the newest ``last*.ckpt``, and an interrupted run's is newer than its periodic ``last.ckpt``.
 
     SIGTERM (what schedulers such as SLURM send before killing a job) is turned into
     ``KeyboardInterrupt`` for the duration of ``fit``, so both end in the same checkpoint.
@@ -29,10 +36,10 @@ class CheckpointOnInterrupt(pl.Callback):
 
     def _target(self, trainer: pl.Trainer) -> Path:
         if self.dirpath is not None:
-            return self.dirpath / "interrupted.ckpt"
+            return self.dirpath / NAME
         ckpt = trainer.checkpoint_callback
         folder = getattr(ckpt, "dirpath", None) or trainer.default_root_dir
-        return Path(folder) / "interrupted.ckpt"
+        return Path(folder) / NAME
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Route SIGTERM to KeyboardInterrupt (main thread only)."""

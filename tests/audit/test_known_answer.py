@@ -63,5 +63,5 @@ def test_power_at_the_chosen_effect_size_is_at_least_095(pbmc: tuple[np.ndarray,
     lo, hi = clopper_pearson(res.flagged, REPEATS)
     excess = np.mean([e["max_excess"] for e in res.entries])
     print(f"\npower at delta {DELTA} sd on {GENES} genes: {res.flagged}/{REPEATS} (95% CI {lo:.3f}-{hi:.3f}); "
-          f"mean excess over chance {excess:.3f}")
+          f"mean excess over the permutation null {excess:.3f}")
     assert res.flagged_rate >= 0.95

@@ -22,6 +22,7 @@ from biossl.audit.probes import (
     LinearProbe,
     ProbeCache,
     balanced_accuracy_many,
+    critical_value,
     group_folds,
     neighbours,
     permutation_p,
@@ -225,3 +226,31 @@ def test_probe_cache_shares_probes_between_columns_with_the_same_rows(
         fresh = probe_column(emb, col, k=10, n_permutations=39, seed=4)
         assert {k: v.to_dict() for k, v in cached.items()} == {k: v.to_dict() for k, v in fresh.items()}
     assert cache.built == {"linear": 2, "knn": 2}
+
+
+@pytest.mark.parametrize("b", [39, 40, 99, 199, 999])
+def test_the_critical_value_is_the_smallest_significant_balanced_accuracy(b: int) -> None:
+    """Every value above ``critical_value`` has ``p < level``; the critical value itself and below do not."""
+    null = np.round(np.random.default_rng(b).beta(4, 8, size=b), 2)  # ties, as balanced accuracies have
+    level = 0.025
+    crit = critical_value(null, level)
+    grid = np.round(np.linspace(0, 1, 101), 2)
+    significant = [g for g in grid if permutation_p(g, null) < level]
+    if b == 39:  # (1 + 0) / 40 = 0.025 is not below 0.025: nothing can be significant
+        assert crit == float("inf") and not significant
+        return
+    assert permutation_p(crit, null) >= level and permutation_p(crit + 1e-9, null) < level
+    assert min(significant) == pytest.approx(grid[grid > crit + 1e-12][0])
+
+
+def test_the_excess_is_over_the_null_and_the_detectable_excess_over_its_mean(
+        pbmc: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    emb, _, donor = pbmc
+    site = np.random.default_rng(2).permutation(100)[donor] % 3
+    col = prepare_column(site, donor.astype(str), column="site", min_groups=5)
+    for r in probe_column(emb, col, n_permutations=199, seed=0).values():
+        d = r.to_dict()
+        assert d["excess"] == d["excess_over_null"] == pytest.approx(r.balanced_accuracy - r.null_mean)
+        assert d["excess_over_chance"] == pytest.approx(r.balanced_accuracy - r.chance)
+        assert d["min_detectable_excess"] == pytest.approx(r.null_critical - r.null_mean) and r.critical_level == 0.025
+        assert 0 < d["min_detectable_excess"] < 0.2  # 100 donors, 3 sites

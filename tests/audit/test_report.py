@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from biossl.audit.report import format_verdicts, render_html
+from biossl.audit.report import MAX_LEGEND, format_verdicts, legend_plan, render_html
 from biossl.audit.run import audit_embeddings, write_audit
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -105,6 +105,53 @@ def test_artifacts_not_run_and_the_text_table(result: dict) -> None:
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["embedding", "column", "role", "probe"]
     assert sum(" FAIL" in line for line in lines) >= 1 and lines[-1].startswith("audit verdict: FAIL")
+
+
+def _many_sites(n_sites: int) -> dict:
+    """An audit of real profiles (pbmc68k_reduced, 700 cells as patients) spread over ``n_sites`` sites."""
+    import scanpy as sc
+
+    pbmc = sc.datasets.pbmc68k_reduced()
+    site = np.random.default_rng(5).permutation(len(pbmc)) % n_sites
+    obs = pd.DataFrame({"site": [f"hospital_{s:02d}" for s in site]}, index=pbmc.obs_names)
+    adata = ad.AnnData(X=np.zeros((len(pbmc), 1), dtype=np.float32), obs=obs)
+    adata.obsm["X_fused"] = np.asarray(pbmc.obsm["X_pca"][:, :10], dtype=np.float64)
+    return audit_embeddings(adata, ["site"], n_permutations=49, n_folds=2)
+
+
+def _legend_texts(result: dict) -> list[str]:
+    from biossl.audit.report import _pca_figure
+
+    fig, _ = _pca_figure(result["keys"][0], ["site"])
+    legend = fig.axes[0].get_legend()
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_scatters_by_many_sites_have_a_legend_or_a_note(tmp_path: Path) -> None:
+    # 16 sites (as the demo): one colour and one legend entry each (before: no legend above 12 values).
+    sixteen = _many_sites(16)
+    assert _legend_texts(sixteen) == [f"hospital_{i:02d}" for i in range(16)]
+    assert "legend-note" not in render_html(sixteen)
+    # 45 sites: the 19 most frequent named, the rest grey as "other", and a note under the figure.
+    many = _many_sites(45)
+    texts = _legend_texts(many)
+    assert len(texts) == MAX_LEGEND and texts[-1] == f"other ({45 - MAX_LEGEND + 1} values)"
+    page = write_audit(many, tmp_path)[1].read_text()
+    assert ('<p class="note legend-note">X_fused coloured by site: 45 values: too many for a legend of one colour '
+            f"each; the {MAX_LEGEND - 1} most frequent are coloured and named, the other {45 - MAX_LEGEND + 1} are "
+            "grey.</p>") in page
+
+
+def test_the_legend_plan_names_the_most_frequent_values() -> None:
+    values = [f"s{i:02d}" for i in range(30) for _ in range(30 - i)] + [""] * 3  # s00 most frequent, s29 least
+    colours, entries, note = legend_plan(values)
+    names = [e[0] for e in entries]
+    assert names[:-2] == [f"s{i:02d}" for i in range(MAX_LEGEND - 1)]
+    assert names[-2:] == [f"other ({30 - MAX_LEGEND + 1} values)", "no value"]
+    assert note is not None and note.startswith("30 values")
+    assert len(set(colours[:len(values) - 3])) == MAX_LEGEND  # 19 colours and the grey of the others
+    few = legend_plan(["b", "a", "b"])
+    assert few[1] == [("a", "#1f77b4"), ("b", "#ff7f0e")] and few[2] is None
 
 
 def test_chromium_renders_a_readable_screenshot(result: dict, tmp_path: Path) -> None:

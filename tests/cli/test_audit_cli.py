@@ -1,12 +1,16 @@
-"""``biossl audit`` end to end: exit codes 0 / 1 / 2, files written, the verdict table printed.
+"""``biossl audit`` end to end: exit codes 0 / 1 / 2 / 3, files written, the verdict table printed.
 
 Inputs: the demo cohort's embeddings (``embedded`` / ``pretrained`` fixtures of ``tests/conftest.py``) and
 real profiles from scanpy's bundled ``pbmc68k_reduced`` with pseudo-sites, with and without a site signature.
+Exit code 3 (``incomplete``): some embedding/column pair could not be tested and nothing fails.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import anndata as ad
@@ -78,7 +82,9 @@ def test_audit_of_the_demo_embeddings(embedded: Path, tmp_path: Path, capsys: py
                  "--out", str(tmp_path)])
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "audit.json").read_text())
-    assert code == (1 if result["verdict"] == "fail" else 0)
+    # site cannot be tested on X_wsi (8 patients) nor X_volume (10): never a PASS, INCOMPLETE unless a probe fails.
+    assert result["verdict"] in ("fail", "incomplete") and code == {"fail": 1, "incomplete": 3}[result["verdict"]]
+    assert result["exit_code"] == code
     assert [k["key"] for k in result["keys"]] == ["X_fused", "X_wsi", "X_volume", "X_expression", "X_sequence"]
     fused = result["keys"][0]
     # Sites with at least 2 patients: A3, B0, BP (3 each), 2Z, CJ, P4 (2 each).
@@ -199,3 +205,199 @@ def test_labels_join_embeddings_that_lack_them(clean: Path, tmp_path: Path,
     code = main(["audit", "--embeddings", str(clean), "--labels", str(tmp_path / "bad.csv"), "--columns", "site",
                  *FAST, "--out", str(tmp_path / "b")])
     assert code == 2 and "column 'site' is already in" in capsys.readouterr().err
+
+
+# -- INCOMPLETE, power, margin over the permutation null, provenance (issue 16) -------------------------------------
+def _verdict_line(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("audit verdict: "))
+
+
+def _with_site_signature(embedded: Path, out: Path, strength: float, seed: int = 0) -> Path:
+    """The demo embeddings with ``X_fused`` shifted along one random direction per site (``strength`` x its sd)."""
+    adata = ad.read_h5ad(embedded)
+    x = np.asarray(adata.obsm["X_fused"], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    direction = {s: rng.normal(size=x.shape[1]) for s in sorted(adata.obs["site"].unique())}
+    adata.obsm["X_fused"] = x + strength * x.std() * np.stack([direction[s] for s in adata.obs["site"]])
+    adata.write_h5ad(out)
+    return out
+
+
+@pytest.mark.integration
+def test_untested_embeddings_make_the_demo_audit_incomplete_exit_3(embedded: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: PASS (exit 0) although site could not be tested on 2 of the 5 embeddings."""
+    code = main(["audit", "--embeddings", str(embedded), "--columns", "site", "--label", "subtype", "--folds", "2",
+                 "--permutations", "199", "--out", str(tmp_path / "all")])
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "all" / "audit.json").read_text())
+    assert code == 3 and result["verdict"] == "incomplete" and result["exit_code"] == 3
+    assert _verdict_line(out).startswith("audit verdict: INCOMPLETE (2 of 5 embedding/column pair(s) not tested: "
+                                         "site on X_wsi, site on X_volume; no tested column fails")
+    untested = {(n["key"], n["column"]): n for n in result["not_tested"]}
+    assert set(untested) == {("X_wsi", "site"), ("X_volume", "site")}
+    assert all(n["affects_verdict"] and n["reason"] and "--keys" in n["what_to_do"] for n in untested.values())
+    assert "not tested: site on X_wsi: column 'site' of X_wsi" in out and "  what to do: 8 row(s) have X_wsi" in out
+    assert result["suggested_keys"] == ["X_fused", "X_expression", "X_sequence"]
+    page = (tmp_path / "all" / "report.html").read_text()
+    assert "Verdict: INCOMPLETE.</b> 2 of 5 embedding/column pair(s) could not be tested" in page
+    assert page.count('<li class="not-tested">') == 2 and "<i>What to do:</i>" in page
+    assert '<span class="badge incomplete">INCOMPLETE</span>' in page
+    # What the verdict suggests: the testable keys alone get a PASS or a FAIL.
+    code = main(["audit", "--embeddings", str(embedded), "--columns", "site", "--folds", "2", "--permutations", "199",
+                 "--keys", ",".join(result["suggested_keys"]), "--out", str(tmp_path / "testable")])
+    assert code in (0, 1) and not json.loads((tmp_path / "testable" / "audit.json").read_text())["not_tested"]
+
+
+@pytest.mark.integration
+def test_a_failing_column_beats_incomplete(embedded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    emb = _with_site_signature(embedded, tmp_path / "sig.h5ad", 0.5)
+    code = main(["audit", "--embeddings", str(emb), "--columns", "site", "--folds", "2", "--k", "2",
+                 "--permutations", "199", "--out", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert code == 1 and result["verdict"] == "fail" and result["exit_code"] == 1
+    assert len(result["not_tested"]) == 2  # still listed
+    assert result["keys"][0]["columns"]["site"]["verdict"] == "fail"
+    assert "audit verdict: FAIL" in out and "not tested: site on X_wsi" in out
+
+
+@pytest.mark.integration
+def test_the_verdict_measures_the_excess_over_the_permutation_null(embedded: Path, tmp_path: Path) -> None:
+    """A kNN signal 0.11 above 1/6 but 0.2 above its permutation null (0.06): it fails a 0.15 margin.
+
+    Before (margin over 1 / values): 0.11 < 0.15, the audit passed.
+    """
+    emb = _with_site_signature(embedded, tmp_path / "sig.h5ad", 0.5)
+    code = main(["audit", "--embeddings", str(emb), "--columns", "site", "--keys", "X_fused", "--folds", "2",
+                 "--k", "5", "--permutations", "999", "--max-excess", "0.15", "--out", str(tmp_path / "a")])
+    result = json.loads((tmp_path / "a" / "audit.json").read_text())
+    knn = result["keys"][0]["columns"]["site"]["knn"]
+    assert knn["null_mean"] < knn["chance"] - 0.05  # the kNN null sits far below 1 / values on 15 patients
+    assert knn["excess_over_chance"] == pytest.approx(knn["balanced_accuracy"] - knn["chance"])
+    assert knn["excess"] == knn["excess_over_null"] == pytest.approx(knn["balanced_accuracy"] - knn["null_mean"])
+    assert knn["excess_over_chance"] < 0.15 < knn["excess"] and 2 * knn["p_value"] < 0.05
+    assert code == 1 and result["verdict"] == "fail" and knn["verdict"] == "fail"
+    row = next(v for v in result["verdicts"] if v["probe"] == "knn")
+    assert row["excess"] == knn["excess"] and row["excess_over_chance"] == knn["excess_over_chance"]
+
+
+@pytest.mark.parametrize("case", ["all-NaN key", "no value on the key's rows"])
+def test_a_key_or_column_untestable_on_one_key_is_incomplete(case: str, clean: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    adata = ad.read_h5ad(clean)
+    part = np.asarray(adata.obsm["X_fused"], dtype=np.float64).copy()
+    if case == "all-NaN key":
+        part[:] = np.nan
+        columns = "site"
+    else:  # scanner recorded only for the rows that lack the modality
+        part[:150] = np.nan
+        adata.obs["scanner"] = np.where(np.arange(300) < 150, np.array(["AT2", "GT450"])[np.arange(300) % 2], None)
+        columns = "site,scanner"
+    adata.obsm["X_part"] = part
+    path = tmp_path / "e.h5ad"
+    adata.write_h5ad(path)
+    code = main(["audit", "--embeddings", str(path), "--columns", columns, *FAST, "--out", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert code == 3 and result["verdict"] == "incomplete"
+    untested = [(n["key"], n["column"]) for n in result["not_tested"]]
+    if case == "all-NaN key":
+        assert untested == [("X_part", "site")] and "leave X_part out of --keys" in out
+        assert result["keys"][1]["status"] == "not tested"
+    else:
+        assert untested == [("X_part", "scanner")] and "fill in the column" in out
+        assert result["keys"][1]["status"] == "partly tested"
+    assert result["suggested_keys"] == ["X_fused"]
+
+
+def test_the_power_statement_grows_as_the_cohort_shrinks(clean: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    adata = ad.read_h5ad(clean)
+    small = tmp_path / "small.h5ad"
+    adata[:30].copy().write_h5ad(small)
+    mde = {}
+    for name, path in (("300", clean), ("30", small)):
+        code = main(["audit", "--embeddings", str(path), "--columns", "site", "--permutations", "199", "--folds", "3",
+                     "--out", str(tmp_path / name)])
+        out = capsys.readouterr().out
+        result = json.loads((tmp_path / name / "audit.json").read_text())
+        entry = result["keys"][0]["columns"]["site"]
+        assert code == 0 and result["verdict"] == "pass"
+        for probe in ("linear", "knn"):
+            p = entry[probe]
+            assert p["min_detectable_excess"] == pytest.approx(p["null_critical"] - p["null_mean"])
+            assert p["min_detectable_excess"] > 0
+        assert entry["min_detectable_excess"] == min(entry[p]["min_detectable_excess"] for p in ("linear", "knn"))
+        assert result["power"]["columns"][0]["min_detectable_excess"] == entry["min_detectable_excess"]
+        mde[name] = entry["min_detectable_excess"]
+        page = (tmp_path / name / "report.html").read_text()
+        assert f"the audit could only detect an excess of at least {mde[name]:.2f}" in page
+        if name == "300":  # 300 patients: an excess of 0.1 is detectable
+            assert mde[name] < 0.1 and not entry["underpowered"] and not result["power"]["underpowered"]
+            assert _verdict_line(out).startswith("audit verdict: PASS (")
+        else:  # 30 patients: a PASS means little, and says so
+            assert mde[name] > 0.1 and entry["underpowered"] and result["power"]["underpowered"]
+            assert _verdict_line(out).startswith("audit verdict: PASS, UNDERPOWERED (1 tested column(s)")
+            assert f"power: site on X_fused (30 patients, 3 classes) can detect only an excess >= {mde[name]:.2f}" \
+                in out
+            assert "this test is underpowered" in page and "<b>Underpowered:</b>" in page
+    assert mde["30"] > mde["300"]
+
+
+def test_the_report_and_json_carry_command_date_version_and_checkpoint_hash(clean: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from biossl import __version__
+
+    # The embeddings name their checkpoint; when that file lies beside them, the audit hashes it.
+    adata = ad.read_h5ad(clean)
+    adata.uns["biossl"] = {"checkpoint": "last.ckpt", "biossl_version": __version__}
+    folder = tmp_path / "run"
+    folder.mkdir()
+    adata.write_h5ad(folder / "emb.h5ad")
+    (folder / "last.ckpt").write_bytes(b"weights " * 1000)
+    argv = ["audit", "--embeddings", str(folder / "emb.h5ad"), "--columns", "site", *FAST, "--out", str(tmp_path / "a")]
+    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/biossl", *argv])
+    assert main(argv) == 0
+    run = json.loads((tmp_path / "a" / "audit.json").read_text())["run"]
+    assert run["command"] == "biossl " + " ".join(argv)
+    assert run["date_utc"].endswith("Z") and run["date_utc"][:2] == "20" and run["biossl_version"] == __version__
+    assert run["checkpoint"]["sha256"] == hashlib.sha256(b"weights " * 1000).hexdigest()
+    assert run["checkpoint"]["name"] == "last.ckpt"
+    assert run["checkpoint"]["path"] == str((folder / "last.ckpt").resolve())
+    page = (tmp_path / "a" / "report.html").read_text()
+    for field, value in (("command", run["command"]), ("date (UTC)", run["date_utc"]),
+                         ("checkpoint SHA-256", run["checkpoint"]["sha256"])):
+        assert f'<tr data-field="{field}"><th>{field}</th><td>{value}</td></tr>' in page
+    # Without the file: what the provenance holds, and why there is no hash.
+    (folder / "last.ckpt").unlink()
+    assert main(argv) == 0
+    ckpt = json.loads((tmp_path / "a" / "audit.json").read_text())["run"]["checkpoint"]
+    assert ckpt["name"] == "last.ckpt" and ckpt["sha256"] is None and "not hashed" in ckpt["origin"]
+
+
+@pytest.mark.integration
+def test_audit_from_a_checkpoint_records_its_sha256(pretrained: tuple[Path, Path], demo_cohort: Path,
+                                                    tmp_path: Path) -> None:
+    checkpoint, work = pretrained
+    copy = tmp_path / "model.ckpt"
+    shutil.copyfile(checkpoint, copy)
+    code = main(["audit", "--checkpoint", str(copy), "--manifest", str(demo_cohort / "manifest.csv"),
+                 "--labels", str(demo_cohort / "labels.csv"), "--work-dir", str(work), "--columns", "site",
+                 "--keys", "X_fused", *FAST, "--out", str(tmp_path / "a")])
+    assert code in (0, 1)
+    run = json.loads((tmp_path / "a" / "audit.json").read_text())["run"]
+    assert run["checkpoint"]["sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
+
+
+def test_the_probes_show_a_progress_bar(clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from biossl.progress import set_progress
+
+    set_progress(True)
+    try:
+        assert main(["audit", "--embeddings", str(clean), "--columns", "site", "--label", "subtype", *FAST,
+                     "--out", str(tmp_path)]) == 0
+    finally:
+        set_progress(None)
+    err = capsys.readouterr().err
+    assert "audit: " in err and "/2 " in err and "column/s" in err  # 2 columns (site, subtype) x 1 key

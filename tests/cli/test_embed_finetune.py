@@ -5,7 +5,9 @@ The ``pretrained`` and ``embedded`` fixtures live in ``tests/conftest.py`` (shar
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import anndata as ad
@@ -19,7 +21,8 @@ MODALITIES = ("wsi", "volume", "expression", "sequence")
 
 
 @pytest.mark.integration
-def test_embed_writes_an_h5ad_that_scanpy_uses_as_is(embedded: Path, demo_cohort: Path) -> None:
+def test_embed_writes_an_h5ad_that_scanpy_uses_as_is(embedded: Path, demo_cohort: Path,
+                                                     pretrained: tuple[Path, Path]) -> None:
     import scanpy as sc
 
     adata = ad.read_h5ad(embedded)
@@ -52,6 +55,7 @@ def test_embed_writes_an_h5ad_that_scanpy_uses_as_is(embedded: Path, demo_cohort
     assert np.array_equal(adata.X, fused)
     state = adata.uns["biossl"]
     assert state["checkpoint"] == "last.ckpt" and state["biossl_version"]
+    assert state["checkpoint_sha256"] == hashlib.sha256(pretrained[0].read_bytes()).hexdigest()
     assert len(str(state["data_fingerprint"])) == 16 and state["embed_dim"] == 32
     assert not list(embedded.parent.glob(".*.tmp"))  # written atomically, nothing left behind
     sc.pp.neighbors(adata, use_rep="X_fused", n_neighbors=5)
@@ -189,3 +193,16 @@ def test_pca_cox_baseline_c_index_on_tcga_blca_published_folds(shared_data: Path
     # Measured: 0.614 ± 0.028. The same recipe on MCAT's copy of BLCA gives the documented 0.600 ± 0.045.
     assert 0.58 < cox["summary"]["c_index"]["mean"] < 0.65
     assert all(f["c_index"] > 0.55 for f in cox["folds"])
+
+
+@pytest.mark.integration
+def test_audit_of_moved_embeddings_names_the_checkpoint_hash_embed_recorded(embedded: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere" / "emb.h5ad"  # no checkpoint beside it: the hash comes from the provenance
+    moved.parent.mkdir()
+    shutil.copyfile(embedded, moved)
+    code = main(["audit", "--embeddings", str(moved), "--columns", "site", "--keys", "X_fused", "--permutations",
+                 "99", "--folds", "2", "--out", str(tmp_path / "a")])
+    assert code in (0, 1, 3)
+    run = json.loads((tmp_path / "a" / "audit.json").read_text())["run"]
+    assert run["checkpoint"]["sha256"] == ad.read_h5ad(embedded).uns["biossl"]["checkpoint_sha256"]
+    assert run["command"].startswith("biossl audit --embeddings ")

@@ -30,7 +30,7 @@ def test_short_run_leaves_metrics_config_and_checkpoints(tmp_path: Path) -> None
     root = tmp_path / "run"
     code = main(["pretrain", "--config", str(CONFIG), "--data.manifest", str(DEMO_MANIFEST),
                  "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(root),
-                 "--trainer.max_steps", "3", "--checkpoint_every", "2"])
+                 "--trainer.max_steps", "3", "--checkpoint-every", "2"])
     assert code == 0
     metrics = pd.read_csv(root / "metrics.csv")
     for term in ("train/loss", "train/masked/wsi", "train/masked/volume", "train/masked/expression",
@@ -49,9 +49,17 @@ def test_short_run_leaves_metrics_config_and_checkpoints(tmp_path: Path) -> None
     # Resume through the CLI (safe loading) from the step-2 checkpoint and run to step 4.
     code = main(["pretrain", "--config", str(CONFIG), "--data.manifest", str(DEMO_MANIFEST),
                  "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(root),
-                 "--trainer.max_steps", "4", "--checkpoint_every", "2",
+                 "--trainer.max_steps", "4", "--checkpoint-every", "2",
                  "--ckpt_path", str(root / "checkpoints" / "step000002.ckpt")])
     assert code == 0
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    # Resuming the finished run (--resume last, at max_steps) trains nothing and leaves metrics.csv whole.
+    before = (root / "metrics.csv").read_bytes()
+    code = main(["pretrain", "--config", str(CONFIG), "--data.manifest", str(DEMO_MANIFEST),
+                 "--data.work_dir", str(tmp_path / "work"), "--trainer.default_root_dir", str(root),
+                 "--trainer.max_steps", "4", "--checkpoint-every", "2", "--resume", "last"])
+    assert code == 0
+    assert (root / "metrics.csv").read_bytes() == before
     assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
 
 

@@ -162,7 +162,7 @@ def test_finetune_and_audit_embed_every_tile_as_embed_does(pretrained: tuple[Pat
     code = main(["audit", "--checkpoint", str(checkpoint), "--manifest", str(demo_cohort / "manifest.csv"),
                  "--work-dir", str(work), "--columns", "site", "--keys", "X_wsi", "--permutations", "49",
                  "--folds", "2", "--k", "2", "--max-tiles", "3", "--out", str(out)])
-    assert code in (0, 1)
+    assert code in (0, 1, 3)  # 3: incomplete (8 slide patients are too few for the demo's sites)
     provenance = json.loads((out / "audit.json").read_text())["input"]["provenance"]
     assert provenance["instances"]["policy"] == "sampled 3"
 

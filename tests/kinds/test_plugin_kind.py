@@ -120,7 +120,7 @@ def test_a_kind_registered_in_a_test_file_pretrains_embeds_and_audits(rows_kind:
     assert np.isnan(adata.obsm["X_right"][9]).all() and np.isfinite(adata.obsm["X_left"]).all()
 
     report = tmp_path / "audit"
-    assert main(["audit", "--embeddings", str(out), "--columns", "site", "--out", str(report)]) in (0, 1)
+    assert main(["audit", "--embeddings", str(out), "--columns", "site", "--out", str(report)]) in (0, 1, 3)
     assert (report / "audit.json").is_file()
 
 

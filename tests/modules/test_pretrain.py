@@ -94,7 +94,7 @@ class _Interrupt(pl.Callback):
             raise KeyboardInterrupt
 
 
-def _fit(work: Path, root: Path, *, max_steps: int, callbacks: list[pl.Callback] = (), ckpt: Path | None = None,
+def _fit(work: Path, root: Path, *, max_steps: int, callbacks: list[pl.Callback] = (), ckpt: Path | str | None = None,
          modalities: dict[str, dict[str, Any]] | None = None) -> PretrainModule:
     module = _module(modalities, total_steps=max_steps)
     trainer = pl.Trainer(
@@ -118,13 +118,16 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(work: Path, tmp_
             _fit(work, tmp_path / "b", max_steps=7, callbacks=[_Interrupt(5)], modalities=RESUME_MODALITIES)
     finally:
         signal.signal(signal.SIGINT, previous)
-    ckpt = tmp_path / "b" / "interrupted.ckpt"
+    ckpt = tmp_path / "b" / "last-interrupted.ckpt"
     assert ckpt.is_file()
     resumed = _fit(work, tmp_path / "c", max_steps=7, ckpt=ckpt, modalities=RESUME_MODALITIES)
-    a, b = straight.state_dict(), resumed.state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    # --ckpt_path last (--resume last) finds the interrupted run's checkpoint by itself
+    by_keyword = _fit(work, tmp_path / "b", max_steps=7, ckpt="last", modalities=RESUME_MODALITIES)
+    a = straight.state_dict()
+    for other in (resumed.state_dict(), by_keyword.state_dict()):
+        assert a.keys() == other.keys()
+        for k in a:
+            assert torch.equal(a[k], other[k]), k
 
 
 def test_checkpoint_loads_safely_and_carries_vocabulary_tokeniser_fingerprint(work: Path, tmp_path: Path) -> None:

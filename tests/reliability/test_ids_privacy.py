@@ -426,7 +426,7 @@ def test_pseudonymized_reports_hide_file_names_holding_an_id(
                  "--label-column", "subtype", "--pseudonymize", "--out", str(out)]) == 0
     audit = tmp_path / "audit"
     assert main(["audit", "--embeddings", str(emb), "--columns", "site", "--folds", "2", "--pseudonymize",
-                 "--out", str(audit)]) in (0, 1)
+                 "--out", str(audit)]) in (0, 1, 3)
     for path in (out, audit / "audit.json", audit / "report.html"):
         data = path.read_bytes()
         assert b"DEMO-03" not in data and b"DEMO-04" not in data, path

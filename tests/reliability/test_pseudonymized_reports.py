@@ -46,7 +46,7 @@ def test_finetune_and_audit_reports_hold_no_patient_id(embedded: Path, demo_coho
     audit = tmp_path / "audit"
     code = main(["audit", "--embeddings", str(embedded), "--columns", "site", "--folds", "2", "--permutations", "99",
                  "--pseudonymize", "--out", str(audit)])
-    assert code in (0, 1)
+    assert code in (0, 1, 3)  # 3: incomplete (site cannot be tested on every modality of the demo)
     for name in ("audit.json", "report.html"):
         page = (audit / name).read_text()
         assert not any(p in page for p in patients), name

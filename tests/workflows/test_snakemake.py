@@ -1,8 +1,9 @@
 """The Snakemake workflow (``workflows/``): lint, the config schema, the SLURM profile, and the demo cohort end to end.
 
-The end-to-end run copies the demo cohort and its pretraining config into a temporary working directory
-(the workflow's config paths are relative to it) and runs ``snakemake --cores 2 --directory <tmp>``
-(about a minute on 2 cores).
+``snakemake --lint`` and ``snakemake -n`` run with no options in ``workflows/`` (the default config is the
+demo, its paths relative to the repository through ``base_dir``). The end-to-end run works in a temporary
+directory (``snakemake --cores 2 --directory <tmp>``, about a minute on 2 cores); tests that change the
+cohort copy it there and point ``base_dir`` at the copy.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ SNAKEFILE = WORKFLOW / "Snakefile"
 SCHEMA = WORKFLOW / "schemas" / "config.schema.yaml"
 DEMO_CONFIG = WORKFLOW / "config" / "demo.yaml"
 PROFILE = WORKFLOW / "profiles" / "slurm"
-SOFTWARE_LINT = "Specify a conda environment or container for each rule."
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+RULES = ("cohort", "tile", "cache_features", "pretrain", "embed", "finetune", "audit")
 
 
 def _env() -> dict[str, str]:
@@ -40,10 +42,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def snakemake(*args: str | Path, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+def snakemake(*args: str | Path, cwd: Path, timeout: int = 900,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run snakemake on the workflow in ``cwd`` (its working directory) and return the finished process."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(cwd), *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
 
 
 def output_of(proc: subprocess.CompletedProcess[str]) -> str:
@@ -51,12 +54,22 @@ def output_of(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def demo_workdir(root: Path) -> Path:
-    """A working directory holding what the demo config's relative paths name."""
+    """A working directory holding a copy of what the demo config's relative paths name.
+
+    The demo config reads the repository's files (``base_dir: ..``); overlay ``{"base_dir": str(root)}``
+    to run on this copy instead.
+    """
     (root / "biossl").mkdir(parents=True)
     shutil.copytree(REPO / "biossl" / "demo_data", root / "biossl" / "demo_data")
     (root / "configs" / "pretrain").mkdir(parents=True)
     shutil.copy2(REPO / "configs" / "pretrain" / "demo.yaml", root / "configs" / "pretrain" / "demo.yaml")
     return root
+
+
+def bare(*args: str | Path, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run the venv's ``snakemake`` with only ``args`` (no -s, no --directory, no config) in ``cwd``."""
+    return subprocess.run([str(SNAKEMAKE), *map(str, args)], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def overlay(path: Path, config: dict[str, object]) -> Path:
@@ -83,25 +96,68 @@ def lint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return demo_workdir(tmp_path_factory.mktemp("wf_lint"))
 
 
-# (a) lint ------------------------------------------------------------------------------------------------
+# (a) lint and dry run with no options -----------------------------------------------------------------------
 
 
-def test_lint_is_clean_with_a_software_environment(lint_dir: Path) -> None:
-    """With a conda environment named in the config every rule has a software environment: no lint at all."""
+def test_lint_passes_in_workflows_with_no_options() -> None:
+    """``snakemake --lint`` in ``workflows/``, nothing else: the default config, every rule with a conda env."""
+    proc = bare("--lint", cwd=WORKFLOW)
+    assert proc.returncode == 0, output_of(proc)
+    text = proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition" in text, output_of(proc)
+    assert not lint_titles(text), output_of(proc)
+
+
+def test_lint_is_clean_with_a_named_conda_env(lint_dir: Path) -> None:
+    """conda_env (an existing environment) replaces envs/biossl.yaml: still no lint."""
     conda = overlay(lint_dir / "conda.yaml", {"conda_env": "biossl"})
     proc = snakemake("--configfile", DEMO_CONFIG, conda, "--lint", cwd=lint_dir)
     assert proc.returncode == 0, output_of(proc)
     assert "Congratulations, your workflow is in a good condition" in proc.stdout + proc.stderr, output_of(proc)
 
 
-def test_lint_without_conda_env_only_asks_for_a_software_environment(lint_dir: Path) -> None:
-    """The demo config runs the biossl on PATH (no conda_env): the only lint left is that advice, once per rule."""
-    proc = snakemake("--configfile", DEMO_CONFIG, "--lint", cwd=lint_dir)
+def test_every_rule_declares_a_conda_env_and_a_benchmark() -> None:
+    text = SNAKEFILE.read_text()
+    blocks = re.split(r"^(?:rule|checkpoint) ", text, flags=re.MULTILINE)[1:]
+    names = [b.split(":", 1)[0] for b in blocks]
+    assert set(RULES) | {"all"} == set(names), names
+    for name, block in zip(names, blocks):
+        if name != "all":
+            assert "    conda:\n        CONDA_ENV\n" in block, name
+            assert re.search(r"    benchmark:\n        \"results/benchmarks/", block), name
+    env = yaml.safe_load((WORKFLOW / "envs" / "biossl.yaml").read_text())
+    assert "torch==2.13.0" in env["dependencies"][-1]["pip"]
+    assert (WORKFLOW / "envs" / "biossl.post-deploy.sh").read_text().count('"$repo"') == 1
+
+
+def test_dry_run_in_workflows_with_no_options_plans_the_demo() -> None:
+    proc = bare("-n", cwd=WORKFLOW)
+    assert proc.returncode == 0, output_of(proc)
     text = proc.stdout + proc.stderr
-    titles = lint_titles(text)
-    assert titles, output_of(proc)  # the lint ran and reported the missing software environment
-    assert set(titles) == {SOFTWARE_LINT}, output_of(proc)
-    assert len(titles) == 6, output_of(proc)  # cohort, tile, pretrain, embed, finetune, audit
+    assert "checkpoint cohort:" in text, output_of(proc)
+    for rule in ("pretrain", "embed", "finetune", "audit"):
+        assert f"rule {rule}:" in text, output_of(proc)
+    # the demo's paths, read from the repository wherever snakemake runs
+    assert f"input: {REPO / 'biossl' / 'demo_data' / 'manifest.csv'}" in text, output_of(proc)
+    assert not (WORKFLOW / "results").exists()
+
+
+def test_dry_run_from_the_repository_root_with_no_config() -> None:
+    proc = bare("-s", "workflows/Snakefile", "-n", cwd=REPO)
+    assert proc.returncode == 0, output_of(proc)
+    assert "input: biossl/demo_data/manifest.csv" in proc.stdout + proc.stderr, output_of(proc)
+
+
+def test_a_configfile_replaces_the_demo_config(lint_dir: Path) -> None:
+    """A user's --configfile is not merged over the demo: keys it leaves out get the schema's defaults."""
+    minimal = overlay(lint_dir / "minimal.yaml", {"manifest": "biossl/demo_data/manifest.csv",
+                                                  "pretrain": {"config": "configs/pretrain/demo.yaml"},
+                                                  "finetune": {"tasks": []}})
+    proc = snakemake("--configfile", minimal, "-n", "-p", cwd=lint_dir)
+    assert proc.returncode == 0, output_of(proc)
+    text = proc.stdout + proc.stderr
+    assert "rule audit:" not in text and "rule finetune:" not in text, output_of(proc)  # audit.enabled: false
+    assert "--labels" not in text and "--trainer.max_steps" not in text, output_of(proc)  # no demo labels, steps
 
 
 # (b) config schema -----------------------------------------------------------------------------------------
@@ -157,14 +213,34 @@ def test_schema_rejects_a_bad_config_naming_the_key(
         assert word in message, message
 
 
-def test_workflow_stops_on_a_bad_config_before_any_job(lint_dir: Path) -> None:
-    bad = overlay(lint_dir / "bad.yaml", {"pretrain": {"max_steps": "many"}})
-    proc = snakemake("--configfile", DEMO_CONFIG, bad, "--cores", "1", "-n", cwd=lint_dir)
+@pytest.mark.parametrize(
+    ("bad", "line"),
+    [
+        ({"pretrain": {"max_steps": "many"}}, "config pretrain.max_steps: 'many' is not of type 'integer'; fix it in"),
+        ({"audit": {"fail_pipline": True}}, "config audit.fail_pipline: unknown key (misspelt? known here: enabled,"),
+        ({"tile": {"min_tissue": 1.5}}, "config tile.min_tissue: 1.5 is greater than the maximum of 1; fix it in"),
+    ],
+    ids=["type", "misspelt-key", "range"],
+)
+def test_workflow_stops_on_a_bad_config_in_one_line(lint_dir: Path, bad: dict[str, Any], line: str) -> None:
+    """One line naming the key, the problem, the file to fix and the schema; not the schema dumped."""
+    config = overlay(lint_dir / "bad.yaml", bad)
+    proc = snakemake("--configfile", DEMO_CONFIG, config, "--cores", "1", "-n", cwd=lint_dir)
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
-    assert "Error validating config file" in text and "'many' is not of type 'integer'" in text, output_of(proc)
-    assert "max_steps" in text, output_of(proc)
+    (found,) = [ln for ln in text.splitlines() if ln.startswith("config ")]
+    assert found.startswith(line) and str(config) in found, output_of(proc)
+    assert found.endswith("(every key, its type and default: workflows/schemas/config.schema.yaml)"), found
+    assert len(text.splitlines()) <= 5 and "Failed validating" not in text and "$schema" not in text, output_of(proc)
     assert not (lint_dir / "results").exists()
+
+
+def test_a_missing_required_key_is_named(lint_dir: Path) -> None:
+    config = overlay(lint_dir / "no_manifest.yaml", {"pretrain": {"config": "c.yaml"}})
+    proc = bare("--configfile", config, "-n", cwd=WORKFLOW)
+    assert proc.returncode != 0
+    assert f"config manifest: missing (a required key); fix it in {config}" in proc.stdout + proc.stderr, \
+        output_of(proc)
 
 
 def test_slurm_profile_sets_pretraining_resources(lint_dir: Path) -> None:
@@ -184,8 +260,8 @@ def test_slurm_profile_sets_pretraining_resources(lint_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool, float]:
-    """(working directory, audit ran, seconds) of the whole demo workflow with --cores 2."""
-    root = demo_workdir(tmp_path_factory.mktemp("wf_demo"))
+    """(working directory, audit ran, seconds) of the whole demo workflow with --cores 2 (the repository's demo)."""
+    root = tmp_path_factory.mktemp("wf_demo")
     with_audit = audit_available()
     extra = [] if with_audit else [overlay(root / "no_audit.yaml", {"audit": {"enabled": False}})]
     start = time.perf_counter()
@@ -209,7 +285,7 @@ def test_demo_workflow_writes_every_result_and_log(demo_run: tuple[Path, bool, f
 
     root, with_audit, _ = demo_run
     res = root / "results"
-    manifest = pd.read_csv(root / "biossl" / "demo_data" / "manifest.csv")
+    manifest = pd.read_csv(REPO / "biossl" / "demo_data" / "manifest.csv")
     stems = sorted({Path(p).stem for p in manifest.loc[manifest["modality"] == "wsi", "path"]})
     assert len(stems) == 8
 
@@ -228,6 +304,10 @@ def test_demo_workflow_writes_every_result_and_log(demo_run: tuple[Path, bool, f
     pretrain_log = (res / "logs" / "pretrain.log").read_text()
     assert pretrain_log.count("already tiled") == len(stems), pretrain_log[-3000:]
     assert (res / "pretrain" / "checkpoints" / "last.ckpt").stat().st_size > 0
+    # the rule's output: last.ckpt of the finished run, under a name snakemake may delete before a rerun
+    final = (res / "pretrain" / "checkpoints" / "last.ckpt").read_bytes()
+    assert (res / "pretrain" / "model.ckpt").read_bytes() == final
+    assert (res / "pretrain" / "run.stamp").read_text().strip() == "finished"
     metrics = pd.read_csv(res / "pretrain" / "metrics.csv")
     assert metrics["step"].max() == 24
     # embeddings with labels in obs
@@ -241,7 +321,7 @@ def test_demo_workflow_writes_every_result_and_log(demo_run: tuple[Path, bool, f
     if with_audit:
         audit = json.loads((res / "audit" / "audit.json").read_text())
         assert audit["columns"] == ["site"] and audit["label"] == "subtype"
-        assert audit["verdict"] in ("pass", "fail")
+        assert audit["verdict"] in ("pass", "fail", "incomplete")  # 1 or 3 goes on (fail_pipeline: false)
         assert (res / "audit" / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     # a log per job
     logs = [res / "logs" / "cohort.log", res / "logs" / "pretrain.log", res / "logs" / "embed.log",
@@ -251,6 +331,16 @@ def test_demo_workflow_writes_every_result_and_log(demo_run: tuple[Path, bool, f
     for log in logs:
         assert log.is_file(), log
     assert "24 patients x 64 dims" in (res / "logs" / "embed.log").read_text()
+    # a benchmark per job: wall time and peak memory
+    benchmarks = [res / "benchmarks" / "cohort.tsv", res / "benchmarks" / "pretrain.tsv",
+                  res / "benchmarks" / "embed.tsv", *(res / "benchmarks" / "tile" / f"{k}.tsv" for k in keys.values()),
+                  *(res / "benchmarks" / "finetune" / f"{t}.tsv" for t in ("subtype", "survival")),
+                  *([res / "benchmarks" / "audit.tsv"] if with_audit else [])]
+    for path in benchmarks:
+        table = pd.read_csv(path, sep="\t")
+        assert len(table) == 1 and {"s", "max_rss"} <= set(table.columns), path
+        assert table["s"].iloc[0] > 0, path
+    assert pd.read_csv(res / "benchmarks" / "pretrain.tsv", sep="\t")["max_rss"].iloc[0] > 100  # MB: torch loaded
     assert f"{stems[0]}.svs" in (res / "logs" / "tile" / f"{keys[stems[0]]}.log").read_text()
 
 
@@ -313,7 +403,140 @@ def test_audit_exit_codes_gate_the_workflow(demo_run: tuple[Path, bool, float], 
     assert "going on" not in log.read_text()
 
 
-# (d) bad slides, a blank slide and an untidy manifest (skip_bad) --------------------------------------------
+def test_audit_incomplete_goes_on_unless_fail_pipeline(demo_run: tuple[Path, bool, float], tmp_path: Path) -> None:
+    """Exit code 3 (INCOMPLETE: a key or column could not be tested) is tolerated like 1 without fail_pipeline.
+
+    A ``biossl`` first on PATH answers ``audit`` as an INCOMPLETE audit does (its outputs, exit code 3) and
+    hands every other verb to the real one.
+    """
+    root, _, _ = demo_run
+    work = tmp_path / "wf"
+    shutil.copytree(root, work, symlinks=True)
+    real = shutil.which("biossl", path=_env()["PATH"])
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "biossl"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [ "$1" = audit ]; then\n'
+        '  out=""; prev=""; for a in "$@"; do [ "$prev" = --out ] && out="$a"; prev="$a"; done\n'
+        '  mkdir -p "$out"; echo \'{"verdict": "incomplete"}\' > "$out/audit.json"\n'
+        '  echo "<!doctype html>" > "$out/report.html"; echo "audit verdict: INCOMPLETE"; exit 3\n'
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    stub.chmod(0o755)
+    env = _env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    target = "results/audit/audit.json"
+    log = work / "results" / "logs" / "audit.log"
+
+    tolerant = overlay(work / "tolerant.yaml", {"audit": {"fail_pipeline": False}})
+    proc = snakemake("--configfile", DEMO_CONFIG, tolerant, "--cores", "1", "-f", target, cwd=work, env=env)
+    assert proc.returncode == 0, output_of(proc)
+    assert "exit code 3" in log.read_text() and "going on" in log.read_text(), log.read_text()
+    assert (work / target).is_file()
+
+    strict = overlay(work / "strict.yaml", {"audit": {"fail_pipeline": True}})
+    proc = snakemake("--configfile", DEMO_CONFIG, strict, "--cores", "1", "-f", target, cwd=work, env=env)
+    assert proc.returncode != 0, output_of(proc)
+    assert "INCOMPLETE" in log.read_text() and "going on" not in log.read_text()
+    assert not (work / target).exists()
+
+
+def test_pretraining_resumes_an_interrupted_run_with_ckpt_path_last(demo_run: tuple[Path, bool, float],
+                                                                    tmp_path: Path) -> None:
+    """A run of the same setup that stopped after its step-10 checkpoint resumes there (``--ckpt_path last``).
+
+    The demo run's folder is made to look interrupted: ``last.ckpt`` is its step-10 checkpoint and
+    ``run.stamp`` holds the setup's digest (a finished run writes ``finished`` there). Rerunning pretrain
+    restores step 10 and trains to step 25: ``metrics.csv`` ends with one row per step.
+    """
+    import pandas as pd
+
+    root, _, _ = demo_run
+    work = tmp_path / "wf"
+    shutil.copytree(root, work, symlinks=True)
+    pre = work / "results" / "pretrain"
+    target = "results/pretrain/model.ckpt"
+    plan = snakemake("--configfile", DEMO_CONFIG, "-n", "-p", "-f", target, cwd=work)
+    assert plan.returncode == 0, output_of(plan)
+    (stamp,) = re.findall(r"echo '?([0-9a-f]{16})'? > results/pretrain/run\.stamp", plan.stdout + plan.stderr)
+    shutil.copy2(pre / "checkpoints" / "step000010.ckpt", pre / "checkpoints" / "last.ckpt")
+    (pre / "run.stamp").write_text(f"{stamp}\n")
+    (pre / "model.ckpt").unlink()
+
+    proc = snakemake("--configfile", DEMO_CONFIG, "--cores", "2", target, cwd=work)
+    assert proc.returncode == 0, output_of(proc)
+    log = (work / "results" / "logs" / "pretrain.log").read_text()
+    assert "workflow: resuming the interrupted run (biossl pretrain --ckpt_path last)" in log, log[-3000:]
+    assert "Restored all states from the checkpoint" in log, log[-3000:]
+    assert list(pd.read_csv(pre / "metrics.csv")["step"]) == list(range(25))
+    assert (pre / "run.stamp").read_text().strip() == "finished" and (pre / "model.ckpt").stat().st_size > 0
+
+
+# (d) whole-slide cohorts: cached tile features -----------------------------------------------------------------
+
+
+def test_dry_run_with_cache_features_plans_a_job_per_slide(demo_run: tuple[Path, bool, float], tmp_path: Path) -> None:
+    """With cache_features on, each tiled slide gets a cache job; pretrain, embed and finetune read the features."""
+    root, _, _ = demo_run
+    work = tmp_path / "wf"
+    shutil.copytree(root / "results", work / "results", symlinks=True)
+    on = overlay(tmp_path / "cache.yaml", {"cache_features": {"enabled": True}})
+    proc = snakemake("--configfile", DEMO_CONFIG, on, "-n", "-p", cwd=work)
+    assert proc.returncode == 0, output_of(proc)
+    text = proc.stdout + proc.stderr
+    keys = sorted(p.stem for p in (work / "results" / "tile" / "tiles").glob("*.h5"))
+    assert text.count("rule cache_features:") == len(keys) == 8, output_of(proc)
+    for key in keys:
+        assert f"output: results/features/{key}.h5" in text
+        assert f"benchmark: results/benchmarks/cache_features/{key}.tsv" in text
+    assert "biossl cache-features results/features/.coords/" in text and "--encoder image/vit_tiny" in text
+    assert "--encoder-arg img_size=64" in text
+    assert "--data.features_dir results/features" in text and "--features-dir results/features" in text
+
+
+def test_cache_features_runs_end_to_end_on_a_small_slide_cohort(tmp_path: Path, features_config: str) -> None:
+    """Two patients' demo slides: tile, cache-features (one file per slide), pretrain on the features, embed.
+
+    7 jobs, about 23 s on 2 idle cores.
+    """
+    import anndata
+    import h5py
+    import pandas as pd
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    slides = REPO / "biossl" / "demo_data" / "slides"
+    pd.DataFrame({"patient_id": ["DEMO-03", "DEMO-05"], "modality": ["wsi", "wsi"],
+                  "path": [str(slides / "DEMO-03.svs"), str(slides / "DEMO-05.svs")]}).to_csv(
+        cohort / "manifest.csv", index=False)
+    (cohort / "features.yaml").write_text(features_config)
+    config = overlay(tmp_path / "config.yaml", {
+        "manifest": "cohort/manifest.csv",
+        "pretrain": {"config": "cohort/features.yaml", "max_steps": 2},
+        "cache_features": {"enabled": True, "encoder": "image/vit_tiny",
+                           "encoder_args": {"img_size": 32, "patch_size": 8}, "batch_size": 16},
+        "finetune": {"tasks": []},
+    })
+    proc = snakemake("--configfile", config, "--cores", "2", cwd=tmp_path)
+    assert proc.returncode == 0, output_of(proc)
+    res = tmp_path / "results"
+    keys = sorted(p.stem for p in (res / "tile" / "tiles").glob("*.h5"))
+    assert [k.split(".")[0] for k in keys] == ["DEMO-03", "DEMO-05"]
+    for key in keys:
+        with h5py.File(res / "features" / f"{key}.h5", "r") as f, h5py.File(res / "tile" / "tiles" / f"{key}.h5") as c:
+            assert f["features"].shape[0] == c["coords"].shape[0] > 0
+        assert f"{key}: " in (res / "logs" / "cache_features" / f"{key}.log").read_text()
+        assert (res / "benchmarks" / "cache_features" / f"{key}.tsv").is_file()
+    assert not (res / "features" / ".coords").exists() or not any((res / "features" / ".coords").iterdir())
+    adata = anndata.read_h5ad(res / "embed" / "embeddings.h5ad")
+    assert adata.n_obs == 2 and "X_wsi" in adata.obsm
+
+
+# (e) bad slides, a blank slide and an untidy manifest (skip_bad) --------------------------------------------
 
 
 def test_skip_bad_plans_no_tile_job_for_a_rejected_slide_and_a_blank_slide_warns(tmp_path: Path) -> None:
@@ -338,10 +561,9 @@ def test_skip_bad_plans_no_tile_job_for_a_rejected_slide_and_a_blank_slide_warns
     untidy.insert(5, "")  # a blank line
     (demo / "manifest.csv").write_text("\n".join(untidy) + "\n")
     assert ", WSI , slides/DEMO-05.svs ," in (demo / "manifest.csv").read_text()
-    config = overlay(root / "bad_slides.yaml", {"skip_bad": True, "pretrain": {"max_steps": 2}})
+    config = overlay(root / "bad_slides.yaml", {"skip_bad": True, "pretrain": {"max_steps": 2}, "base_dir": str(root)})
 
-    proc = snakemake("--configfile", DEMO_CONFIG, config, "--cores", "2", "results/pretrain/checkpoints/last.ckpt",
-                     cwd=root)
+    proc = snakemake("--configfile", DEMO_CONFIG, config, "--cores", "2", "results/pretrain/model.ckpt", cwd=root)
     assert proc.returncode == 0, output_of(proc)
     res = root / "results"
     rejected = json.loads((res / "cohort" / "report.json").read_text())
