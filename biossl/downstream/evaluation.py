@@ -60,6 +60,7 @@ def l2_penalty(value: float | Sequence[float] | str | None, task: str, what: str
 
     if value is None:
         return DEFAULT_L2[task]
+    given = value  # as the user wrote it, for the messages
     if isinstance(value, str):
         if value.strip().lower() == "auto":
             return list(L2_GRID)
@@ -69,7 +70,7 @@ def l2_penalty(value: float | Sequence[float] | str | None, task: str, what: str
             raise InputError(f"{what} {value!r}: give a number, a comma-separated list of numbers, or auto") from None
     values = [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
     if not values or any(not (v >= 0 and v < float("inf")) for v in values):
-        raise InputError(f"{what} {value!r}: penalties must be finite numbers >= 0")
+        raise InputError(f"{what} {given!r}: penalties must be finite numbers >= 0")
     return values[0] if len(values) == 1 else values
 
 
