@@ -6,7 +6,6 @@ function (``biossl.audit(adata, ["site"])``) without the audit importing anythin
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,8 +109,10 @@ def audit(
 
         refuse_identifying_columns(adata, columns, flag="--columns", output="audit.json and report.html")
         refuse_identifying_columns(adata, [label], flag="--label", output="audit.json and report.html")
-    if checkpoint is not None and "checkpoint" in inspect.signature(audit_embeddings).parameters:
+    if checkpoint is not None:
         options.setdefault("checkpoint", checkpoint)
+        if embeddings is None:  # embedded here: the hash embed recorded, not a second read of the file
+            options.setdefault("checkpoint_sha256", adata.uns.get("biossl", {}).get("checkpoint_sha256"))
     result = audit_embeddings(adata, columns, label=label, keys=keys, seed=seed, source=source, **options)
     if artifacts:
         result["artifacts"] = _artifacts(adata, label, loaded, checkpoint, manifest, work_dir=work_dir,

@@ -40,8 +40,6 @@ from biossl.downstream.finetune_settings import DEFAULT_L2, FinetuneSettings
 
 logger = logging.getLogger(__name__)
 
-MODES = ("probe", "finetune", "scratch")
-
 
 #: The library's fine-tuning defaults, the options' defaults (a torch-free module: ``--help`` stays fast).
 D = FinetuneSettings()
@@ -203,58 +201,21 @@ def _parse_list(text: str | None, flag: str, kind: type) -> list[Any]:
 
 
 def _modes(args: argparse.Namespace) -> list[str]:
-    from biossl.errors import InputError
+    """``--mode`` as a list, checked later by :func:`biossl.downstream.evaluation.check_request`.
 
+    Default: the probe when there are embeddings to probe (``--embeddings``, or ``--checkpoint`` with
+    ``--manifest``), else none.
+    """
     if args.mode is None:
         can_probe = args.embeddings is not None or (args.checkpoint is not None and args.manifest is not None)
         return ["probe"] if can_probe else []
-    modes = list(dict.fromkeys(m.strip() for m in str(args.mode).split(",") if m.strip()))
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise InputError(f"--mode {args.mode}: unknown mode(s) {unknown}; give one or more of "
-                         f"{', '.join(MODES)}, comma-separated (e.g. --mode probe,finetune,scratch)")
-    for mode in modes:
-        if mode in ("finetune", "scratch") and (args.checkpoint is None or args.manifest is None):
-            missing = " and ".join(f for f, v in (("--checkpoint CKPT", args.checkpoint),
-                                                  ("--manifest MANIFEST", args.manifest)) if v is None)
-            raise InputError(f"--mode {mode} needs {missing}: the pretraining checkpoint whose architecture "
-                             f"{'is fine-tuned' if mode == 'finetune' else 'is trained from scratch'} and the "
-                             "cohort manifest its encoders read")
-    if "probe" in modes and args.embeddings is None and (args.checkpoint is None or args.manifest is None):
-        raise InputError("--mode probe needs --embeddings H5AD (from `biossl embed`), or --checkpoint CKPT and "
-                         "--manifest MANIFEST to embed the cohort here")
-    return modes
+    return list(dict.fromkeys(m.strip() for m in str(args.mode).split(",") if m.strip())) or [str(args.mode)]
 
 
-def _check_args(args: argparse.Namespace, modes: list[str]) -> None:
-    from biossl.downstream.kmers import MAX_K
-    from biossl.downstream.methods import SURVIVAL_PSEUDO_LABELS
+def _check_args(args: argparse.Namespace) -> None:
+    """What only the command line can get wrong; the request itself is checked by ``run_evaluation``."""
     from biossl.errors import InputError
 
-    if args.task == "subtype" and not args.label_column:
-        raise InputError("--task subtype needs --label-column COL (the labels table's class column)")
-    if not modes and not args.baseline_features and args.baseline_kmer is None:
-        raise InputError("nothing to evaluate: give --embeddings (from `biossl embed`), --checkpoint with --manifest "
-                         "and --mode, --baseline-features and/or --baseline-kmer")
-    if args.semi_supervised:
-        if args.task != "subtype":
-            raise InputError(SURVIVAL_PSEUDO_LABELS)
-        if not {"probe", "finetune"} & set(modes):
-            raise InputError("--semi-supervised adds pseudo-labelled variants of --mode probe and finetune; "
-                             "give one of those modes")
-    if args.baseline_kmer is not None:
-        if args.task != "subtype":
-            raise InputError("--baseline-kmer is a classification baseline (k-mer logistic regression); use it with "
-                             "--task subtype")
-        if args.manifest is None:
-            raise InputError("--baseline-kmer needs --manifest MANIFEST: the cohort whose DNA sequence files are "
-                             "counted")
-        if not 1 <= args.baseline_kmer <= MAX_K:
-            raise InputError(f"--baseline-kmer must be between 1 and {MAX_K} (4**K features); got "
-                             f"{args.baseline_kmer}")
-    if getattr(args, "max_instances", None) is not None and args.checkpoint is None:
-        raise InputError("--max-tiles applies to probe embeddings computed from --checkpoint; the embeddings of "
-                         "--embeddings were computed by `biossl embed` (give it --max-tiles there)")
     if args.plot is not None and args.label_fractions is None:
         raise InputError("--plot draws the label-efficiency curve: give --label-fractions too")
     if args.seeds is not None and args.label_fractions is None:
@@ -271,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     from biossl.errors import InputError
 
     modes = _modes(args)
-    _check_args(args, modes)
+    _check_args(args)
     embedding_keys = _embedding_keys(args.embedding)
     baseline_l2 = _l2(args.baseline_l2, args.task, "--baseline-l2")
     salt = _salt(args)

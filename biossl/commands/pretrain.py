@@ -92,9 +92,10 @@ class _ResumingWriter(ExperimentWriter):
     """Lightning's CSV writer, keeping the rows an earlier run of the same folder wrote before this one's first step.
 
     Lightning deletes ``metrics.csv`` when a run starts; a resumed run would lose the rows of the steps
-    before its checkpoint. Those rows (``step`` below the first step this run logs) are read before
-    the file is deleted and written back with the first flush; rows of later steps, which the resumed
-    run computes again, are dropped.
+    before its checkpoint. Here the file is kept until this run's first flush, which rewrites it with
+    the earlier rows (``step`` below the first step this run logs) followed by the new ones; rows of later
+    steps, which the resumed run computes again, are dropped. A run that logs nothing (resumed at its end,
+    stopped before its first flush) leaves the file as it was.
     """
 
     def __init__(self, log_dir: str) -> None:
@@ -105,6 +106,9 @@ class _ResumingWriter(ExperimentWriter):
                 self._previous = [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
         super().__init__(log_dir)
 
+    def _check_log_dir_exists(self) -> None:
+        """Keep ``metrics.csv`` (Lightning's version deletes it here): :meth:`save` replaces it at the first flush."""
+
     def save(self) -> None:
         """Write the pending rows (and, the first time, the earlier run's rows that precede them)."""
         if self._previous is not None and self.metrics:
@@ -112,6 +116,8 @@ class _ResumingWriter(ExperimentWriter):
             kept = [row for row in self._previous if row.get("step", "").isdigit() and int(row["step"]) < first]
             self.metrics = [*kept, *self.metrics]
             self._previous = None
+            if self._fs.isfile(self.metrics_file_path):  # rewritten whole: earlier rows, then this run's
+                self._fs.rm_file(self.metrics_file_path)
         try:
             super().save()
         except OSError as exc:  # a full disk: one line naming metrics.csv (biossl.cli prints it, exit 74)

@@ -187,7 +187,8 @@ def check_request(*, task: str, modes: Sequence[str], label_column: str | None, 
         raise InputError(f"task {task!r}: give subtype or survival")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise InputError(f"--mode: unknown mode(s) {unknown}; give one or more of {', '.join(MODES)}")
+        raise InputError(f"--mode {','.join(modes)}: unknown mode(s) {unknown}; give one or more of "
+                         f"{', '.join(MODES)}, comma-separated (e.g. --mode probe,finetune,scratch)")
     if task == "subtype" and not label_column:
         raise InputError("--task subtype needs --label-column COL (the labels table's class column)")
     if not modes and not baseline_features and baseline_kmer is None:
@@ -195,7 +196,11 @@ def check_request(*, task: str, modes: Sequence[str], label_column: str | None, 
                          "and --mode, --baseline-features and/or --baseline-kmer")
     for mode in modes:
         if mode in ("finetune", "scratch") and (checkpoint is None or manifest is None):
-            raise InputError(f"--mode {mode} needs --checkpoint CKPT and --manifest MANIFEST")
+            missing = " and ".join(f for f, v in (("--checkpoint CKPT", checkpoint), ("--manifest MANIFEST", manifest))
+                                   if v is None)
+            raise InputError(f"--mode {mode} needs {missing}: the pretraining checkpoint whose architecture "
+                             f"{'is fine-tuned' if mode == 'finetune' else 'is trained from scratch'} and the "
+                             "cohort manifest its encoders read")
     if "probe" in modes and not has_embeddings and (checkpoint is None or manifest is None):
         raise InputError("--mode probe needs --embeddings H5AD (from `biossl embed`), or --checkpoint CKPT and "
                          "--manifest MANIFEST to embed the cohort here")

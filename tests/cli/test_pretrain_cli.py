@@ -68,3 +68,21 @@ def test_wrong_type_in_config_is_a_clear_error(tmp_path: Path, capsys: pytest.Ca
         main(["pretrain", "--config", str(CONFIG), "--data.batch_size", "eight", "--print_config"])
     assert exc.value.code == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_metrics_csv_survives_a_run_that_logs_nothing_and_merges_a_resumed_one(tmp_path: Path) -> None:
+    from biossl.commands.pretrain import _ResumingWriter
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,train/loss\n0,2.0\n1,1.5\n2,1.2\n")
+    before = path.read_bytes()
+    writer = _ResumingWriter(str(tmp_path))  # a run that starts here (resumed at its end, or killed early)
+    writer.save()
+    assert path.read_bytes() == before  # Lightning's writer deleted it on creation
+    writer = _ResumingWriter(str(tmp_path))  # resumed from the step-2 checkpoint: steps 2 and 3 computed again
+    writer.log_metrics({"train/loss": 1.1}, step=2)
+    writer.log_metrics({"train/loss": 1.0}, step=3)
+    writer.save()
+    rows = pd.read_csv(path)
+    assert rows["step"].tolist() == [0, 1, 2, 3]
+    assert rows["train/loss"].tolist() == [2.0, 1.5, 1.1, 1.0]
